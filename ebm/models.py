@@ -1,0 +1,135 @@
+"""The two networks: a binary-image autoencoder and an energy net on its latent space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+IMAGE_PIXELS = 28 * 28
+
+
+@dataclass
+class AutoencoderConfig:
+    """Shape of the MLP autoencoder 784 -> hidden -> hidden -> latent -> hidden -> hidden -> 784."""
+
+    hidden_dim: int = 512
+    latent_dim: int = 4
+
+
+class Autoencoder(nn.Module):
+    """MLP autoencoder with GELU activations; the decoder returns Bernoulli logits per pixel."""
+
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__()
+        h, d = config.hidden_dim, config.latent_dim
+        self.config = config
+        self.encoder = nn.Sequential(
+            nn.Linear(IMAGE_PIXELS, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, d)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(d, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, IMAGE_PIXELS)
+        )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 784) images in [0, 1] -> (N, d) raw latent codes."""
+        return self.encoder(images)
+
+    def decode_logits(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, d) raw codes -> (N, 784) pixel logits."""
+        return self.decoder(codes)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, d) raw codes -> (N, 784) pixel probabilities."""
+        return torch.sigmoid(self.decoder(codes))
+
+
+@dataclass
+class EnergyConfig:
+    """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) on standardized codes."""
+
+    latent_dim: int = 4
+    hidden_dim: int = 128
+    num_layers: int = 3
+    tilt_sigma: float = 3.0
+
+
+class EnergyNet(nn.Module):
+    """Smooth (SiLU) MLP energy with a Gaussian tilt, so that exp(-E) is integrable.
+
+    The tilt dominates far from the data because the MLP grows at most linearly,
+    which makes the density proper and the grid quadrature of log Z meaningful.
+    `energy_and_grad` computes E and dE/dz by hand, without autograd: samplers call
+    it thousands of times per request and the autograd tape costs more than the maths.
+    """
+
+    def __init__(self, config: EnergyConfig):
+        super().__init__()
+        self.config = config
+        widths = [config.latent_dim] + [config.hidden_dim] * config.num_layers
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(config.hidden_dim, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, d) standardized codes -> (N,) energies; differentiable with autograd."""
+        h = z
+        for layer in self.hidden:
+            h = nn.functional.silu(layer(h))
+        return self.out(h).squeeze(-1) + z.square().sum(-1) / (2 * self.config.tilt_sigma**2)
+
+    @torch.no_grad()
+    def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, d) -> ((N,) energies, (N, d) gradients dE/dz), by a hand-written backward pass."""
+        h = z
+        sigmoids, activations = [], []
+        for layer in self.hidden:
+            u = torch.addmm(layer.bias, h, layer.weight.t())
+            s = torch.sigmoid(u)
+            h = u.mul_(s)  # silu(u) = u * sigmoid(u), in place: u is not needed again
+            sigmoids.append(s)
+            activations.append(h)
+        inv_var = 1.0 / self.config.tilt_sigma**2
+        energy = torch.addmv(self.out.bias, h, self.out.weight[0])
+        energy.add_(z.square().sum(-1), alpha=0.5 * inv_var)
+        # d silu(u)/du = s + silu(u) * (1 - s)
+        g = self.out.weight.expand(z.shape[0], -1)
+        for layer, s, a in zip(reversed(self.hidden), reversed(sigmoids), reversed(activations)):
+            local = torch.addcmul(s, a, 1.0 - s)
+            g = (g * local) @ layer.weight
+        g.add_(z, alpha=inv_var)
+        return energy, g
+
+
+class LatentEBM(nn.Module):
+    """The whole generative model: autoencoder + energy net on standardized latent codes.
+
+    Samplers and the energy net work in standardized coordinates c = (z - mean) / std,
+    so step sizes and the tilt mean the same thing for every trained autoencoder.
+    """
+
+    def __init__(self, autoencoder: Autoencoder, energy: EnergyNet, code_mean: torch.Tensor, code_std: torch.Tensor):
+        super().__init__()
+        if autoencoder.config.latent_dim != energy.config.latent_dim:
+            raise ValueError("autoencoder and energy net disagree on the latent dimension")
+        self.autoencoder = autoencoder
+        self.energy = energy
+        self.register_buffer("code_mean", code_mean.detach().clone().float())
+        self.register_buffer("code_std", code_std.detach().clone().float())
+
+    @property
+    def latent_dim(self) -> int:
+        return self.energy.config.latent_dim
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 784) binary images -> (N, d) standardized codes."""
+        return (self.autoencoder.encode(images) - self.code_mean) / self.code_std
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, d) standardized codes -> (N, 784) pixel probabilities."""
+        return self.autoencoder.decode(codes * self.code_std + self.code_mean)
+
+    def energy_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.energy.energy_and_grad(codes)

@@ -1,0 +1,233 @@
+"""Two-stage training: the autoencoder, then the latent energy net by contrastive divergence.
+
+Each stage is a generator of `Progress` events, so the CLI's progress bars and the app's
+live charts come from the same loop. Stopping is just not asking for the next event
+(or `close()`): the models are trained in place and keep what they learned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+from .sampling import DEFAULT_TARGET_ACCEPTANCE, ReplayBuffer, adapted_step_size, build_sampler, run_chains
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in the weights' metadata."""
+
+    dataset: str = "mnist"
+    threshold: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    # stage 1: autoencoder
+    ae_hidden_dim: int = 512
+    latent_dim: int = 4
+    ae_epochs: int = 12
+    ae_batch_size: int = 128
+    ae_lr: float = 1e-3
+    ae_latent_noise: float = 0.1  # std of the noise added to codes while training the decoder
+    ae_code_penalty: float = 1.0  # weight of |z|^2/2: with the noise, a fixed-variance VAE
+    # stage 2: energy net
+    ebm_hidden_dim: int = 64
+    ebm_layers: int = 3
+    ebm_tilt_sigma: float = 3.0
+    ebm_iterations: int = 3000
+    ebm_batch_size: int = 256
+    ebm_lr: float = 1e-3
+    ebm_train_images: int | None = None  # None: every training image's code
+    sampler: str = "mala"
+    mcmc_steps: int = 20
+    mcmc_step_size: float = 0.2
+    target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
+    buffer_size: int = 10_000
+    reinit_prob: float = 0.05
+    energy_reg: float = 0.1  # alpha * (E+^2 + E-^2) keeps energies near zero
+    grad_clip: float = 1.0
+    negatives_every: int = 0  # decode a few negatives into events every N iterations (0: never)
+
+    def validate(self) -> "TrainConfig":
+        positive = {k: getattr(self, k) for k in (
+            "ae_hidden_dim", "latent_dim", "ae_batch_size", "ebm_hidden_dim", "ebm_layers",
+            "ebm_iterations", "ebm_batch_size", "mcmc_steps", "buffer_size")}
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value}")
+        if self.ae_epochs < 0:
+            raise ValueError(f"ae_epochs must be >= 0, got {self.ae_epochs}")
+        for name in ("ae_lr", "ebm_lr", "mcmc_step_size", "ebm_tilt_sigma", "grad_clip"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not 0.0 <= self.reinit_prob <= 1.0:
+            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        return self
+
+
+@dataclass
+class Progress:
+    """One training event: where we are, the losses, and optionally decoded negatives."""
+
+    stage: str  # "autoencoder" or "energy"
+    step: int
+    total_steps: int
+    epoch: int
+    elapsed: float
+    losses: dict[str, float] = field(default_factory=dict)
+    negatives: torch.Tensor | None = None  # (n, 784) decoded negative samples
+    message: str = ""
+
+
+class DivergenceError(RuntimeError):
+    """Training produced NaN or exploding energies repeatedly, even after rollback."""
+
+
+def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy per image (nats) plus the code penalty; returns (total, bce)."""
+    codes = model.encode(images)
+    noisy = codes + cfg.ae_latent_noise * torch.randn_like(codes) if noise else codes
+    bce = nn.functional.binary_cross_entropy_with_logits(model.decode_logits(noisy), images, reduction="sum") / len(images)
+    penalty = cfg.ae_code_penalty * 0.5 * codes.square().sum(-1).mean()
+    return bce + penalty, bce
+
+
+def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
+    """Stage 1: Adam on binary cross-entropy with noisy codes, one event every few batches."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
+    batches_per_epoch = math.ceil(len(train_images) / cfg.ae_batch_size)
+    total = cfg.ae_epochs * batches_per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.ae_lr, total_steps=max(total, 1), pct_start=0.1)
+    start, step = time.perf_counter(), 0
+    report_every = max(1, batches_per_epoch // 20)
+    for epoch in range(1, cfg.ae_epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_images), generator=gen)
+        running = []
+        for b in range(batches_per_epoch):
+            batch = train_images[order[b * cfg.ae_batch_size : (b + 1) * cfg.ae_batch_size]].to(cfg.device)
+            loss, bce = autoencoder_loss(model, batch, cfg, noise=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running.append(bce.item())
+            if step % report_every == 0 and b != batches_per_epoch - 1:
+                yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
+                               {"train_bce": sum(running) / len(running)})
+        model.eval()
+        with torch.no_grad():
+            test_bce = sum(
+                autoencoder_loss(model, chunk.to(cfg.device), cfg, noise=False)[1].item() * len(chunk)
+                for chunk in test_images.split(2048)
+            ) / len(test_images)
+        yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
+                       {"train_bce": sum(running) / len(running), "test_bce": test_bce})
+
+
+@torch.no_grad()
+def encode_all(model: Autoencoder, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """Raw latent codes of many images, in chunks."""
+    model.eval()
+    return torch.cat([model.encode(chunk.to(device)).cpu() for chunk in images.split(4096)])
+
+
+def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
+    """Stage 2: persistent contrastive divergence on standardized codes.
+
+    Loss = mean E(data) - mean E(negatives) + alpha (E(data)^2 + E(negatives)^2); negatives
+    come from a replay buffer advanced by K Langevin steps per iteration. A non-finite loss or
+    runaway energies roll the net back to the last good state with a halved learning rate.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    energy = model.energy
+    opt = torch.optim.Adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
+    buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
+    step_size, start = cfg.mcmc_step_size, time.perf_counter()
+    good_state, good_opt, rollbacks = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()), 0
+    for it in range(1, cfg.ebm_iterations + 1):
+        data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
+        indices, init = buffer.draw(cfg.ebm_batch_size, cfg.reinit_prob)
+        energy.eval()
+        sampler = build_sampler(cfg.sampler, energy.energy_and_grad, step_size, gen)
+        chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps)
+        negatives = chains.state.position
+        buffer.store(indices, negatives)
+        acceptance = chains.acceptance.mean().item()
+        if cfg.sampler == "mala":
+            step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
+
+        energy.train()
+        e_pos, e_neg = energy(data), energy(negatives)
+        cd_loss = e_pos.mean() - e_neg.mean()
+        loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
+        if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
+            rollbacks += 1
+            if rollbacks > 5:
+                raise DivergenceError(f"energy training diverged {rollbacks} times; last loss {loss.item()}")
+            energy.load_state_dict(good_state)
+            opt.load_state_dict(good_opt)
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
+                           message=f"non-finite or exploding loss at iteration {it}: rolled back, lr halved")
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
+        opt.step()
+        if it % 100 == 0:
+            good_state, good_opt = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict())
+
+        if it % 10 == 0 or it == cfg.ebm_iterations:
+            decoded = None
+            if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
+                decoded = model.decode(negatives[:16])
+            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, {
+                "cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
+                "energy_negatives": e_neg.mean().item(), "acceptance": acceptance, "step_size": step_size,
+            }, negatives=decoded)
+    energy.eval()
+
+
+def build_model(cfg: TrainConfig) -> LatentEBM:
+    """A fresh, untrained model in the configured shape, seeded."""
+    torch.manual_seed(cfg.seed)
+    ae = Autoencoder(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim))
+    energy = EnergyNet(EnergyConfig(cfg.latent_dim, cfg.ebm_hidden_dim, cfg.ebm_layers, cfg.ebm_tilt_sigma))
+    return LatentEBM(ae, energy, torch.zeros(cfg.latent_dim), torch.ones(cfg.latent_dim))
+
+
+def standardize_codes(model: LatentEBM, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
+    """Encode images, store the codes' mean and std in the model, return standardized codes."""
+    raw = encode_all(model.autoencoder, images, device)
+    model.code_mean.copy_(raw.mean(0))
+    model.code_std.copy_(raw.std(0).clamp_min(1e-6))
+    return (raw - model.code_mean) / model.code_std
+
+
+def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
+    """Both stages in order on binarized (N, 784) images; the model is trained in place."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    model.to(cfg.device)
+    yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg)
+    subset = train_images if cfg.ebm_train_images is None else train_images[: cfg.ebm_train_images]
+    codes = standardize_codes(model, subset, cfg.device)
+    yield from train_energy(model, codes, cfg)
+
+
+def run_metadata(cfg: TrainConfig) -> dict:
+    """What a weights file records about how it was made."""
+    return {"dataset": cfg.dataset, "threshold": cfg.threshold, "train_config": asdict(cfg)}
