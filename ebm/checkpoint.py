@@ -53,6 +53,7 @@ def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) ->
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
