@@ -1,0 +1,200 @@
+"""Command line: `python -m ebm train | sample | evaluate | train-classifier`.
+
+Every command is a thin wrapper over the package: argument parsing, tqdm progress, files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import __version__
+from .checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, save_model
+from .data import DATASETS, DatasetError, default_data_dir, load_binarized
+from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
+from .images import gif_bytes, image_grid, png_bytes
+from .training import TrainConfig, build_model, run_metadata, train
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
+    return value
+
+
+def pick_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but no CUDA device is available")
+    return name
+
+
+def new_run_dir(root: Path, dataset: str) -> Path:
+    """A fresh folder under the runs directory, named by time and dataset."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{dataset}"
+    suffix = 1
+    while path.exists():
+        suffix += 1
+        path = root / f"{stamp}-{dataset}-{suffix}"
+    path.mkdir(parents=True)
+    return path
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, with its default, so the CLI and the config never drift apart."""
+    for f in fields(TrainConfig):
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "dataset":
+            p.add_argument(flag, default=default, choices=DATASETS)
+        elif f.name == "sampler":
+            p.add_argument(flag, default=default, choices=("ula", "mala"))
+        elif f.name == "device":
+            p.add_argument(flag, default=default, choices=("cpu", "cuda"))
+        elif f.name == "ebm_train_images":
+            p.add_argument(flag, type=positive_int, default=default, help="use only the first N training images in stage 2")
+        else:
+            p.add_argument(flag, type=type(default), default=default)
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
+    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where the trained weights go")
+    p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
+
+
+def run_train(args: argparse.Namespace) -> Path:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    pick_device(cfg.device)
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        train_x, _ = load_binarized(cfg.dataset, "train", data_dir, cfg.threshold)
+        test_x, _ = load_binarized(cfg.dataset, "test", data_dir, cfg.threshold)
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}")
+    out = args.out or new_run_dir(args.runs_dir, cfg.dataset) / "model.safetensors"
+    model = build_model(cfg)
+    bars: dict[str, tqdm] = {}
+    try:
+        for ev in train(model, train_x, test_x, cfg):
+            bar = bars.get(ev.stage)
+            if bar is None:
+                bar = bars[ev.stage] = tqdm(total=ev.total_steps, desc=ev.stage, unit="step", dynamic_ncols=True)
+            bar.update(ev.step - bar.n)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in ev.losses.items()}, refresh=False)
+            if ev.message:
+                tqdm.write(ev.message)
+    except KeyboardInterrupt:
+        tqdm.write("interrupted: saving what was trained so far")
+    finally:
+        for bar in bars.values():
+            bar.close()
+    path = save_model(model.cpu(), out, run_metadata(cfg))
+    print(f"saved {path}")
+    return path
+
+
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    d = SampleSettings()
+    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
+    p.add_argument("--sampler", choices=("ula", "mala"), default=d.sampler)
+    p.add_argument("--step-size", type=positive_float, default=d.step_size, help="Langevin ε (noise scale)")
+    p.add_argument("--steps", type=positive_int, default=d.num_steps, help="K, Langevin steps per chain")
+    p.add_argument("--num-images", "--chains", dest="num_chains", type=positive_int, default=d.num_chains)
+    p.add_argument("--record-every", type=positive_int, default=d.record_every)
+    p.add_argument("--start", choices=("noise", "data"), default=d.start)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--data-dir", type=Path, default=None, help="needed for --start data")
+    p.add_argument("--out-dir", type=Path, default=Path("samples"), help="where grid.png and chains.gif go")
+    p.add_argument("--out", type=Path, default=None, help="also write the decoded images as an (N, 28, 28) .npy")
+    p.add_argument("--gif-chains", type=positive_int, default=64, help="how many chains the GIF shows")
+
+
+def run_sample(args: argparse.Namespace) -> dict:
+    settings = SampleSettings(args.sampler, args.step_size, args.steps, args.num_chains, args.record_every, args.start, args.seed)
+    try:
+        settings.validate()
+        model, meta = load_model(args.weights)
+    except (ValueError, WeightsError) as e:
+        raise SystemExit(f"error: {e}")
+    pick_device(args.device)
+    data_codes = None
+    if settings.start == "data":
+        images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(), meta.get("threshold", 0.5))
+        data_codes = model.encode(images)
+    with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
+        def advance(step: int) -> None:
+            bar.update(step - bar.n)
+
+        result = sample_chains(model, settings, data_codes, callback=advance)
+    final = decode_binary(model, result.state.position)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    shown = min(args.gif_chains, settings.num_chains)
+    grid_path = args.out_dir / "grid.png"
+    grid_path.write_bytes(png_bytes(image_grid(final[:max(shown, min(len(final), 100))], scale=2)))
+    gif_path = args.out_dir / "chains.gif"
+    gif_path.write_bytes(gif_bytes(chain_frames(model, result.trajectory[:, :shown])))
+    written = {"grid": str(grid_path), "gif": str(gif_path)}
+    if args.out is not None:
+        np.save(args.out, final.reshape(-1, 28, 28).numpy().astype(np.float32))
+        written["npy"] = str(args.out)
+    acc = result.acceptance.mean().item()
+    print(json.dumps({"settings": settings.as_dict(), "mean_acceptance": round(acc, 4), "written": written}))
+    return written
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ebm", description="Energy-based model of MNIST in a 4-D latent space")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_arguments(sub.add_parser("train", help="train the autoencoder and the energy net"))
+    add_sample_arguments(sub.add_parser("sample", help="draw digits by Langevin dynamics"))
+    try:
+        from .evaluation import add_evaluate_arguments
+        from .classifier import add_train_classifier_arguments
+    except ImportError:  # evaluation extras not installed
+        pass
+    else:
+        add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
+        add_train_classifier_arguments(sub.add_parser("train-classifier", help="retrain the MNIST classifier used by the metrics"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.command == "train":
+        run_train(args)
+    elif args.command == "sample":
+        run_sample(args)
+    elif args.command == "evaluate":
+        from .evaluation import run_evaluate
+        run_evaluate(args)
+    elif args.command == "train-classifier":
+        from .classifier import run_train_classifier
+        run_train_classifier(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
