@@ -1,0 +1,227 @@
+"""The samplers must draw from the density they are given: checked on densities we know exactly."""
+
+import math
+
+import pytest
+import torch
+
+from ebm.models import EnergyConfig, EnergyNet
+from ebm.sampling import (
+    MAX_CHAINS,
+    ReplayBuffer,
+    adapt_mala_step_size,
+    build_sampler,
+    mala,
+    run_chains,
+    ula,
+)
+
+
+def gaussian_energy(z):
+    """Standard normal: E = |z|^2 / 2."""
+    return 0.5 * z.square().sum(-1), z.clone()
+
+
+MIX_MEANS = torch.tensor([[-1.5, 0.0], [1.5, 0.5]])
+MIX_WEIGHTS = torch.tensor([0.3, 0.7])
+MIX_STD = 0.7
+
+
+def mixture_energy(z):
+    """Two-component isotropic Gaussian mixture in 2-D, E = -log density (unnormalised).
+
+    dE/dz = sum_k r_k (z - mu_k) / s^2, with r_k the components' responsibilities.
+    """
+    diff = z.unsqueeze(1) - MIX_MEANS  # (N, 2 components, 2)
+    logits = MIX_WEIGHTS.log() - diff.square().sum(-1) / (2 * MIX_STD**2)
+    energy = -torch.logsumexp(logits, dim=1)
+    grad = (logits.softmax(1).unsqueeze(-1) * diff).sum(1) / MIX_STD**2
+    return energy, grad
+
+
+def draw(kernel_name, energy_fn, eps, chains, steps, dim, seed=0, start_scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    kernel = build_sampler(kernel_name, energy_fn, eps, gen)
+    start = start_scale * torch.randn(chains, dim, generator=gen)
+    return run_chains(kernel, kernel.init(start), steps)
+
+
+def mixture_samples(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    comp = torch.multinomial(MIX_WEIGHTS, n, replacement=True, generator=gen)
+    return MIX_MEANS[comp] + MIX_STD * torch.randn(n, 2, generator=gen)
+
+
+def sliced_wasserstein(a, b, projections=64, seed=0):
+    """Mean 1-D Wasserstein-1 distance over random directions (equal sample sizes)."""
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.randn(a.shape[1], projections, generator=gen)
+    dirs /= dirs.norm(dim=0)
+    pa, _ = (a @ dirs).sort(0)
+    pb, _ = (b @ dirs).sort(0)
+    return (pa - pb).abs().mean().item()
+
+
+@pytest.mark.parametrize("name", ["ula", "mala"])
+def test_standard_gaussian_4d_moments(name):
+    # small ε: ULA's bias (variance 1/(1 - ε²/4) - 1 ≈ 0.01) is below the tolerance
+    result = draw(name, gaussian_energy, 0.2 if name == "ula" else 0.9, chains=4000, steps=600, dim=4, start_scale=3.0)
+    z = result.state.position
+    assert z.mean(0).abs().max() < 0.06
+    cov = torch.cov(z.T)
+    assert (cov - torch.eye(4)).abs().max() < 0.08
+    # fourth moment of N(0,1) is 3: catches samplers with the right variance but wrong shape
+    assert (z.pow(4).mean(0) - 3.0).abs().max() < 0.35
+    reference = torch.randn(4000, 4, generator=torch.Generator().manual_seed(99))
+    assert sliced_wasserstein(z, reference) < 0.05
+
+
+def test_ula_bias_at_large_step_matches_closed_form():
+    # On N(0, I), ULA's stationary variance is 1 / (1 - ε²/4): exactly what an unadjusted
+    # discretisation should give, and clearly not 1.
+    eps = 1.0
+    z = draw("ula", gaussian_energy, eps, chains=8000, steps=200, dim=4).state.position
+    expected = 1.0 / (1.0 - eps**2 / 4)
+    var = z.var(0)
+    assert (var - expected).abs().max() < 0.06
+    assert var.min() > 1.2  # a biased sampler, visibly
+
+
+def test_mala_exact_at_large_step_where_ula_is_biased():
+    eps = 1.2
+    result = draw("mala", gaussian_energy, eps, chains=8000, steps=400, dim=4)
+    var = result.state.position.var(0)
+    assert (var - 1.0).abs().max() < 0.05  # ULA would give 1/(1 - 0.36) = 1.56
+    acc = result.acceptance.mean().item()
+    assert 0.3 < acc < 0.95
+
+
+def test_mala_accepts_almost_everything_at_small_step():
+    result = draw("mala", gaussian_energy, 0.05, chains=500, steps=50, dim=4)
+    assert result.acceptance.mean().item() > 0.995
+
+
+@pytest.mark.parametrize("name,eps,steps", [("mala", 0.8, 800), ("ula", 0.2, 2000)])
+def test_two_component_mixture_2d(name, eps, steps):
+    result = draw(name, mixture_energy, eps, chains=4000, steps=steps, dim=2, start_scale=2.0)
+    z = result.state.position
+    truth = mixture_samples(4000, seed=5)
+    true_mean = (MIX_WEIGHTS.unsqueeze(1) * MIX_MEANS).sum(0)
+    assert (z.mean(0) - true_mean).abs().max() < 0.08
+    # weight of the right-hand mode: P(x > 0) under the mixture, from the normal CDF
+    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    p_right = 0.3 * (1 - phi(1.5 / MIX_STD)) + 0.7 * (1 - phi(-1.5 / MIX_STD))
+    assert abs((z[:, 0] > 0).float().mean().item() - p_right) < 0.03
+    assert sliced_wasserstein(z, truth) < 0.07
+
+
+def test_biased_sampler_fails_the_mixture_check():
+    """The tolerance above is tight enough to catch a sampler with a wrong drift."""
+    def half_gradient(z):
+        e, g = mixture_energy(z)
+        return e, 0.5 * g  # samples exp(-E/2): twice the variance
+    z = draw("ula", half_gradient, 0.2, chains=4000, steps=2000, dim=2, start_scale=2.0).state.position
+    assert sliced_wasserstein(z, mixture_samples(4000, seed=5)) > 0.07
+
+
+def test_same_seed_same_chains_other_seed_other_chains():
+    a = draw("mala", gaussian_energy, 0.5, chains=16, steps=20, dim=4, seed=3).state.position
+    b = draw("mala", gaussian_energy, 0.5, chains=16, steps=20, dim=4, seed=3).state.position
+    c = draw("mala", gaussian_energy, 0.5, chains=16, steps=20, dim=4, seed=4).state.position
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_run_chains_records_and_traces():
+    result = draw("mala", gaussian_energy, 0.5, chains=8, steps=25, dim=4)
+    assert result.record_steps == [0, 25]
+    gen = torch.Generator().manual_seed(0)
+    kernel = mala(gaussian_energy, 0.5, gen)
+    result = run_chains(kernel, kernel.init(torch.zeros(8, 4)), 25, record_every=10)
+    assert result.record_steps == [0, 10, 20, 25]
+    assert result.trajectory.shape == (4, 8, 4)
+    assert result.energies.shape == (25, 8) and result.acceptance.shape == (25, 8)
+    assert torch.equal(result.trajectory[-1], result.state.position)
+    assert torch.allclose(result.energies[-1], 0.5 * result.state.position.square().sum(-1))
+
+
+def test_callback_stops_early_and_keeps_the_steps_done():
+    gen = torch.Generator().manual_seed(0)
+    kernel = ula(gaussian_energy, 0.5, gen)
+    result = run_chains(kernel, kernel.init(torch.zeros(4, 4)), 100, record_every=30, callback=lambda t: t >= 42)
+    assert result.record_steps == [0, 30, 42]
+    assert result.energies.shape == (42, 4)
+
+
+def test_step_size_adaptation_reaches_target_acceptance():
+    gen = torch.Generator().manual_seed(0)
+    state, eps = adapt_mala_step_size(gaussian_energy, torch.randn(1000, 4, generator=gen), 0.05, num_steps=300, generator=gen)
+    result = run_chains(mala(gaussian_energy, eps, gen), state, 100)
+    assert abs(result.acceptance.mean().item() - 0.574) < 0.05
+    assert eps > 0.5  # it grew from the far-too-small start
+
+
+@pytest.mark.parametrize("eps", [0.0, -0.1, float("nan"), float("inf")])
+def test_bad_step_size_is_refused(eps):
+    with pytest.raises(ValueError, match="step size"):
+        ula(gaussian_energy, eps)
+    with pytest.raises(ValueError, match="step size"):
+        mala(gaussian_energy, eps)
+
+
+def test_bad_steps_and_positions_are_refused():
+    kernel = mala(gaussian_energy, 0.5)
+    state = kernel.init(torch.zeros(2, 4))
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            run_chains(kernel, state, steps)
+    with pytest.raises(ValueError, match="shape"):
+        kernel.init(torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        kernel.init(torch.full((2, 4), float("nan")))
+    with pytest.raises(ValueError, match="chains"):
+        kernel.init(torch.zeros(MAX_CHAINS + 1, 1))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        build_sampler("hmc", gaussian_energy, 0.1)
+
+
+def test_mala_rejects_proposals_with_nan_energy():
+    def nan_outside_unit_ball(z):
+        e, g = gaussian_energy(z)
+        return torch.where(z.norm(dim=-1) > 1.0, torch.nan, e), g
+    gen = torch.Generator().manual_seed(0)
+    result = run_chains(mala(nan_outside_unit_ball, 1.0, gen), mala(nan_outside_unit_ball, 1.0, gen).init(torch.zeros(256, 4)), 50)
+    assert torch.isfinite(result.state.energy).all()
+    assert result.state.position.norm(dim=-1).max() <= 1.0
+
+
+def test_replay_buffer_reinit_and_store():
+    gen = torch.Generator().manual_seed(0)
+    buf = ReplayBuffer(100, 4, generator=gen)
+    buf.positions.fill_(7.0)
+    idx, pos = buf.draw(50, reinit_prob=0.0)
+    assert torch.all(pos == 7.0)
+    _, pos = buf.draw(500, reinit_prob=1.0)
+    assert pos.abs().max() < 7.0  # all fresh noise
+    new = torch.zeros(len(idx), 4)
+    new[0] = float("nan")
+    buf.store(idx, new)
+    assert torch.isfinite(buf.positions).all()
+
+
+def test_mixture_gradient_matches_autograd():
+    z = torch.randn(32, 2, requires_grad=True)
+    energy, grad = mixture_energy(z)
+    (auto,) = torch.autograd.grad(energy.sum(), z)
+    assert torch.allclose(grad, auto, atol=1e-5)
+
+
+def test_hand_written_gradient_matches_autograd():
+    torch.manual_seed(0)
+    net = EnergyNet(EnergyConfig(latent_dim=4, hidden_dim=32, num_layers=3))
+    z = torch.randn(64, 4, requires_grad=True)
+    energy = net(z)
+    (grad,) = torch.autograd.grad(energy.sum(), z)
+    e2, g2 = net.energy_and_grad(z.detach())
+    assert torch.allclose(energy, e2, atol=1e-5)
+    assert torch.allclose(grad, g2, atol=1e-5)
