@@ -153,6 +153,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     energy = model.energy
     opt = torch.optim.Adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations, eta_min=0.05 * cfg.ebm_lr)
     buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
     step_size, start = cfg.mcmc_step_size, time.perf_counter()
     good_state, good_opt, rollbacks = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()), 0
@@ -187,6 +188,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
         loss.backward()
         nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
         opt.step()
+        sched.step()
         if it % 100 == 0:
             good_state, good_opt = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict())
 

@@ -1,0 +1,209 @@
+"""A small CNN that classifies binarized MNIST digits: the feature extractor behind the image metrics.
+
+Its 128-d penultimate layer plays the role Inception-v3's pool features play in FID, and its
+softmax the role of Inception's label distribution in the Inception score. It is trained on
+images binarized exactly like the data and the decoded samples (threshold 0.5), so real and
+generated digits look alike to it. Weights are plain safetensors, like the model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import nn
+
+from .checkpoint import REPO_ROOT, WeightsError
+from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
+
+FORMAT = "mnist-ebm-classifier/1"
+DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
+
+
+@dataclass
+class ClassifierConfig:
+    """conv(1->c1) -> pool -> conv(c1->c2) -> pool -> fc(c2*7*7 -> feature_dim) -> fc(-> 10)."""
+
+    channels1: int = 16
+    channels2: int = 32
+    feature_dim: int = 128
+    num_classes: int = 10
+
+
+class MnistClassifier(nn.Module):
+    """Two 3x3 conv layers with max pooling, then two fully connected layers."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        c1, c2 = config.channels1, config.channels2
+        self.config = config
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7
+        )
+        self.fc = nn.Linear(c2 * 7 * 7, config.feature_dim)
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 784) images in [0, 1] -> (N, feature_dim) penultimate activations (after ReLU)."""
+        h = self.conv(images.reshape(-1, 1, 28, 28))
+        return torch.relu(self.fc(h.flatten(1)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 784) images -> (N, num_classes) logits."""
+        return self.head(self.features(images))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 784) images -> ((N, feature_dim) features, (N, num_classes) class probabilities)."""
+        self.eval()
+        feats, probs = [], []
+        for chunk in images.split(batch_size):
+            f = self.features(chunk)
+            feats.append(f)
+            probs.append(torch.softmax(self.head(f), -1))
+        return torch.cat(feats), torch.cat(probs)
+
+
+@torch.no_grad()
+def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images whose most probable class is the label."""
+    _, probs = model.predict(images)
+    return (probs.argmax(-1) == labels).float().mean().item()
+
+
+def train_classifier(
+    train_images: torch.Tensor,
+    train_labels: torch.Tensor,
+    epochs: int = 4,
+    batch_size: int = 128,
+    lr: float = 3e-3,
+    seed: int = 0,
+    config: ClassifierConfig | None = None,
+    log=print,
+) -> MnistClassifier:
+    """Adam with a one-cycle learning rate on cross-entropy; deterministic for a given seed."""
+    if epochs < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    torch.manual_seed(seed)
+    model = MnistClassifier(config or ClassifierConfig())
+    gen = torch.Generator().manual_seed(seed)
+    batches = math.ceil(len(train_images) / batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches, pct_start=0.2)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(train_images), generator=gen)
+        total = 0.0
+        for b in range(batches):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            loss = nn.functional.cross_entropy(model(train_images[idx]), train_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        log(f"epoch {epoch}/{epochs}: train loss {total / len(train_images):.4f} ({time.perf_counter() - start:.0f} s)")
+    model.eval()
+    return model
+
+
+def save_classifier(model: MnistClassifier, path: str | Path = DEFAULT_CLASSIFIER, extra: dict | None = None) -> Path:
+    """Write safetensors atomically (temp file in the same folder, then rename), readable by all."""
+    path = Path(path).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"format": FORMAT, "config": json.dumps(asdict(model.config)), "extra": json.dumps(extra or {})}
+    data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, metadata=metadata)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassifier, dict]:
+    """Read a classifier written by `save_classifier`; returns (model in eval mode, extra metadata).
+
+    Raises WeightsError naming the file and the problem (missing, not safetensors, wrong
+    format, tensors that do not fit the architecture in the metadata).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"classifier weights {path} do not exist; create them with `python -m ebm train-classifier`")
+    data = path.read_bytes()
+    try:
+        tensors = load_bytes(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except (SafetensorError, ValueError, OSError) as e:
+        raise WeightsError(f"{path} is not a valid safetensors file: {e}") from None
+    metadata = header.get("__metadata__") or {}
+    if metadata.get("format") != FORMAT:
+        raise WeightsError(f"{path} is not a classifier weights file (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    try:
+        model = MnistClassifier(ClassifierConfig(**json.loads(metadata["config"])))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: metadata field 'config' is missing or invalid: {e}") from None
+    expected = model.state_dict()
+    if set(tensors) != set(expected):
+        raise WeightsError(
+            f"{path}: tensors do not match the architecture; missing {sorted(set(expected) - set(tensors))}, "
+            f"unexpected {sorted(set(tensors) - set(expected))}"
+        )
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise WeightsError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the architecture needs {tuple(expected[key].shape)}")
+        if not torch.isfinite(value).all():
+            raise WeightsError(f"{path}: tensor {key!r} contains NaN or infinity")
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.eval()
+    return model, json.loads(metadata.get("extra") or "{}")
+
+
+def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
+    p.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER, help="classifier weights file to write")
+
+
+def run_train_classifier(args: argparse.Namespace) -> Path:
+    """Train on binarized MNIST train, report test accuracy, save with the accuracy in the metadata."""
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        train_x, train_y = load_binarized("mnist", "train", data_dir, DEFAULT_THRESHOLD)
+        test_x, test_y = load_binarized("mnist", "test", data_dir, DEFAULT_THRESHOLD)
+        model = train_classifier(train_x, train_y, args.epochs, args.batch_size, args.lr, args.seed)
+    except (DatasetError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    acc = accuracy(model, test_x, test_y)
+    extra = {"dataset": "mnist", "threshold": DEFAULT_THRESHOLD, "test_accuracy": round(acc, 4),
+             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    path = save_classifier(model, args.out, extra)
+    print(f"test accuracy {acc:.4f}; saved {path}")
+    return path
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m ebm.classifier", description=run_train_classifier.__doc__)
+    add_train_classifier_arguments(parser)
+    run_train_classifier(parser.parse_args())

@@ -1,0 +1,305 @@
+"""Training in the background: one worker thread per server process, pollable and stoppable.
+
+A `TrainingJob` runs `ebm.training.train` in a daemon thread and records every event in a
+thread-safe way; a web page (or anything else) polls `job.snapshot()` and calls `job.stop()`.
+Stopping takes effect between training events (every few batches / 10 energy iterations);
+whatever was trained is then saved as a new run, like a finished training. The registry
+(`start_training`, `active_job`, `latest_job`) lives at module level, so a job outlives the
+page or session that started it, and only one training runs at a time: a second request is
+refused with `JobAlreadyRunning`.
+
+No Streamlit here: the app imports this module, not the other way round.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .checkpoint import save_model
+from .data import DatasetError, load_binarized
+from .runs import WEIGHTS_NAME, check_runs_dir, default_runs_dir, new_run_dir, write_history
+from .training import DivergenceError, TrainConfig, build_model, run_metadata, standardize_codes, train
+
+DataLoader = Callable[[str, str, float], tuple[torch.Tensor, torch.Tensor]]
+"""(dataset, split, threshold) -> (binarized float images (N, 784), labels (N,))."""
+
+STAGES = ("autoencoder", "energy")
+ACTIVE_STATES = ("starting", "loading data", "training", "stopping", "saving")
+FINAL_STATES = ("finished", "stopped", "failed")
+HISTORY_LIMIT = 10  # finished jobs kept in the registry
+
+
+def default_data_loader(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load a split with `ebm.data.load_binarized` (honours $EBM_DATA_DIR, downloads if needed)."""
+    return load_binarized(dataset, split, data_dir=None, threshold=threshold)
+
+
+def synthetic_data_loader(train_size: int = 256, test_size: int = 64, seed: int = 0) -> DataLoader:
+    """A loader of random binary 784-d images with random labels: for tests and demos without MNIST."""
+
+    def load(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n = train_size if split == "train" else test_size
+        gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+        images = (torch.rand(n, 784, generator=gen) < 0.2).float()
+        return images, torch.randint(10, (n,), generator=gen)
+
+    return load
+
+
+class JobAlreadyRunning(RuntimeError):
+    """A training is already running in this server process."""
+
+
+@dataclass
+class JobSnapshot:
+    """A consistent copy of a job's state at one moment."""
+
+    id: str
+    state: str
+    config: dict
+    events: list[dict]  # one dict per training event: stage, step, total_steps, epoch, time, losses...
+    messages: list[str]
+    negatives: np.ndarray | None  # (n, 784) latest decoded negatives
+    negatives_step: int | None
+    error: str | None
+    run_path: Path | None  # the saved weights file, once saved
+    started_at: float  # wall clock (time.time())
+    elapsed: float  # seconds since start (frozen when the job ended)
+    stage: str | None  # stage of the latest event
+    progress: dict[str, float] = field(default_factory=dict)  # stage -> fraction done in [0, 1]
+    stage_remaining: float | None = None  # seconds left in the current stage, estimated from its rate
+    owner: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def series(self, stage: str) -> list[dict]:
+        """The events of one stage that carry losses."""
+        return [e for e in self.events if e["stage"] == stage and e["losses"]]
+
+
+class TrainingJob:
+    """One background training; create it with `start_training`."""
+
+    def __init__(self, cfg: TrainConfig, runs_dir: Path, data_loader: DataLoader, owner: str | None = None):
+        self.id = uuid.uuid4().hex[:12]
+        self.cfg = copy.deepcopy(cfg)
+        self.runs_dir = runs_dir
+        self.owner = owner
+        self._data_loader = data_loader
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._state = "starting"
+        self._events: list[dict] = []
+        self._messages: list[str] = []
+        self._negatives: np.ndarray | None = None
+        self._negatives_step: int | None = None
+        self._error: str | None = None
+        self._run_path: Path | None = None
+        self._started_at = time.time()
+        self._t0 = time.monotonic()
+        self._ended: float | None = None
+        self._stage_t0: dict[str, float] = {}
+        self._thread = threading.Thread(target=self._run, name=f"ebm-train-{self.id}", daemon=True)
+
+    # ---- control -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the worker to stop after the current training event; what was trained is saved."""
+        with self._lock:
+            if self._state in ACTIVE_STATES and self._state not in ("stopping", "saving"):
+                self._state = "stopping"
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the worker to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def active(self) -> bool:
+        with self._lock:
+            return self._state in ACTIVE_STATES
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # ---- reading -------------------------------------------------------------------------
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            now = self._ended if self._ended is not None else time.monotonic()
+            events = list(self._events)  # event dicts are never mutated after being appended
+            stage = events[-1]["stage"] if events else None
+            progress = {}
+            for e in events:
+                progress[e["stage"]] = e["step"] / max(e["total_steps"], 1)
+            remaining = None
+            if stage is not None and self._state in ACTIVE_STATES:
+                frac = progress.get(stage, 0.0)
+                spent = now - self._stage_t0.get(stage, self._t0)
+                if 0 < frac < 1:
+                    remaining = spent * (1 - frac) / frac
+            return JobSnapshot(
+                id=self.id, state=self._state, config=asdict(self.cfg), events=events,
+                messages=list(self._messages),
+                negatives=None if self._negatives is None else self._negatives.copy(),
+                negatives_step=self._negatives_step, error=self._error, run_path=self._run_path,
+                started_at=self._started_at, elapsed=now - self._t0, stage=stage, progress=progress,
+                stage_remaining=remaining, owner=self.owner,
+            )
+
+    # ---- the worker ----------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        with self._lock:
+            if not (self._state == "stopping" and state == "training"):
+                self._state = state
+
+    def _record(self, ev) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._stage_t0.setdefault(ev.stage, now)
+            self._events.append({
+                "stage": ev.stage, "step": int(ev.step), "total_steps": int(ev.total_steps),
+                "epoch": int(ev.epoch), "stage_elapsed": float(ev.elapsed), "time": now - self._t0,
+                "losses": {k: float(v) for k, v in ev.losses.items()}, "message": ev.message,
+            })
+            if ev.message:
+                self._messages.append(ev.message)
+            if ev.negatives is not None:
+                self._negatives = ev.negatives.detach().cpu().float().numpy().copy()
+                self._negatives_step = int(ev.step)
+
+    def _run(self) -> None:
+        cfg = self.cfg
+        model = None
+        train_x = None
+        try:
+            self._set_state("loading data")
+            train_x, _ = self._data_loader(cfg.dataset, "train", cfg.threshold)
+            test_x, _ = self._data_loader(cfg.dataset, "test", cfg.threshold)
+            if self._stop.is_set():
+                self._finish("stopped", None, None)
+                return
+            self._set_state("training")
+            model = build_model(cfg)
+            events = train(model, train_x, test_x, cfg)
+            try:
+                for ev in events:
+                    self._record(ev)
+                    if self._stop.is_set():
+                        break
+            finally:
+                events.close()
+        except DatasetError as e:
+            self._finish("failed", None, f"Dataset problem: {e}")
+            return
+        except DivergenceError as e:
+            self._finish("failed", None, f"Training diverged: {e}. Try a smaller learning rate or step size.")
+            return
+        except ValueError as e:
+            self._finish("failed", None, f"Invalid configuration: {e}")
+            return
+        except Exception as e:  # anything else: keep the server alive, show what happened
+            self._finish("failed", None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            return
+        self._save(model, train_x)
+
+    def _save(self, model, train_x: torch.Tensor) -> None:
+        cfg = self.cfg
+        stopped = self._stop.is_set()
+        self._set_state("saving")
+        try:
+            snap = self.snapshot()
+            reached_energy = any(e["stage"] == "energy" for e in snap.events)
+            if not reached_energy:
+                # stopped during stage 1: fit the code statistics so the decoder is usable
+                subset = train_x if cfg.ebm_train_images is None else train_x[: cfg.ebm_train_images]
+                standardize_codes(model, subset, cfg.device)
+            extra = run_metadata(cfg)
+            extra.update({
+                "stopped_early": stopped,
+                "stages_done": {s: round(snap.progress.get(s, 0.0), 4) for s in STAGES},
+                "trained_seconds": round(snap.elapsed, 1),
+            })
+            run_dir = new_run_dir(self.runs_dir, cfg.dataset)
+            path = save_model(model.cpu(), run_dir / WEIGHTS_NAME, extra)
+            write_history(run_dir, {"config": asdict(cfg), "events": snap.events, "messages": snap.messages,
+                                    "stopped_early": stopped})
+        except Exception as e:
+            self._finish("failed", None, f"Could not save the run: {type(e).__name__}: {e}")
+            return
+        self._finish("stopped" if stopped else "finished", path, None)
+
+    def _finish(self, state: str, path: Path | None, error: str | None) -> None:
+        with self._lock:
+            self._state = state
+            self._run_path = path
+            self._error = error
+            self._ended = time.monotonic()
+
+
+# ---- the per-process registry ----------------------------------------------------------------
+_registry_lock = threading.Lock()
+_jobs: list[TrainingJob] = []
+
+
+def start_training(
+    cfg: TrainConfig,
+    runs_dir: str | Path | None = None,
+    data_loader: DataLoader | None = None,
+    owner: str | None = None,
+) -> TrainingJob:
+    """Validate `cfg` and start training it in the background; returns the job.
+
+    Raises JobAlreadyRunning when a training is already running in this process, and
+    ValueError for an invalid configuration or a runs directory under weights/.
+    """
+    cfg = copy.deepcopy(cfg).validate()
+    if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
+        raise ValueError(f"device {cfg.device!r} is not available here")
+    root = check_runs_dir(default_runs_dir() if runs_dir is None else runs_dir)
+    with _registry_lock:
+        running = next((j for j in _jobs if j.active), None)
+        if running is not None:
+            raise JobAlreadyRunning(
+                f"a training is already running (job {running.id}, started "
+                f"{time.strftime('%H:%M:%S', time.localtime(running.snapshot().started_at))}); "
+                "only one training runs at a time — wait for it or stop it"
+            )
+        job = TrainingJob(cfg, root, data_loader or default_data_loader, owner)
+        _jobs.append(job)
+        del _jobs[:-HISTORY_LIMIT]
+        job._thread.start()
+    return job
+
+
+def active_job() -> TrainingJob | None:
+    """The running training, if any."""
+    with _registry_lock:
+        return next((j for j in _jobs if j.active), None)
+
+
+def latest_job() -> TrainingJob | None:
+    """The most recently started training (running or ended), if any."""
+    with _registry_lock:
+        return _jobs[-1] if _jobs else None
+
+
+def get_job(job_id: str) -> TrainingJob | None:
+    with _registry_lock:
+        return next((j for j in _jobs if j.id == job_id), None)

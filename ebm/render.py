@@ -1,0 +1,111 @@
+"""What a page shows of a sampling run, computed without Streamlit.
+
+`sample_view` runs the chains (through `ebm.generate.sample_chains`, the shared entry point)
+and turns the result into plain data: GIF and PNG bytes, the final grid, thinned energy
+traces and acceptance. Everything in a `SampleView` is bytes, numbers or numpy arrays, so a
+web cache can pickle it and a test can inspect it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
+from .images import gif_bytes, image_grid, png_bytes
+from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, frame_indices
+from .models import LatentEBM
+from .sampling import ChainResult
+
+MAX_TRACE_POINTS = 500
+"""Points per energy trace; longer runs are thinned (the mean over chains is kept at each point)."""
+
+
+@dataclass
+class SampleView:
+    """A sampling run, ready to show."""
+
+    settings: dict
+    num_chains: int
+    steps_done: int
+    gif: bytes  # animation of the first `gif_chains` chains over the recorded steps
+    gif_chains: int
+    gif_frames: int
+    png: bytes  # final grid of every chain, scale 2
+    final_grid: np.ndarray  # uint8 (H, W)
+    final_codes: np.ndarray  # (chains, d) standardized codes after the last step
+    trace_steps: np.ndarray  # (T,) step numbers of the thinned traces
+    energy_traces: np.ndarray  # (T, trace_chains) energy of the first chains
+    energy_mean: np.ndarray  # (T,) mean energy over all chains
+    acceptance_mean: np.ndarray  # (T,) mean acceptance probability over all chains
+    mean_acceptance: float  # over every step and chain
+    record_steps: list[int]  # step of each recorded position
+    paths: np.ndarray  # (records, path_chains, d) recorded positions of the first chains
+
+
+def _thin(steps: int, max_points: int) -> np.ndarray:
+    """0-based indices of at most max_points steps, evenly spread, last step included."""
+    if steps <= max_points:
+        return np.arange(steps)
+    return np.unique(np.linspace(0, steps - 1, max_points).round().astype(int))
+
+
+def render_samples(
+    model: LatentEBM,
+    result: ChainResult,
+    settings: SampleSettings,
+    gif_chains: int = MAX_GIF_CHAINS,
+    max_frames: int = MAX_GIF_FRAMES,
+    trace_chains: int = 16,
+    path_chains: int = 16,
+) -> SampleView:
+    """Turn a `ChainResult` into GIF/PNG bytes, a grid and thinned traces."""
+    chains = result.state.position.shape[0]
+    shown = min(gif_chains, chains)
+    frames_idx = frame_indices(len(result.trajectory), max_frames)
+    frames = chain_frames(model, result.trajectory[frames_idx, :shown])
+    final = decode_binary(model, result.state.position)
+    scale = 2 if chains <= 256 else 1
+    grid = image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=scale)
+    steps = result.energies.shape[0]
+    idx = _thin(steps, MAX_TRACE_POINTS)
+    energies = result.energies.numpy()
+    acceptance = result.acceptance.numpy()
+    return SampleView(
+        settings=settings.as_dict(),
+        num_chains=chains,
+        steps_done=steps,
+        gif=gif_bytes(frames),
+        gif_chains=shown,
+        gif_frames=len(frames),
+        png=png_bytes(grid if scale == 2 else image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=2)),
+        final_grid=grid,
+        final_codes=result.state.position.numpy().copy(),
+        trace_steps=idx + 1,
+        energy_traces=energies[idx, : min(trace_chains, chains)].copy(),
+        energy_mean=energies.mean(1)[idx],
+        acceptance_mean=acceptance.mean(1)[idx],
+        mean_acceptance=float(acceptance.mean()) if steps else float("nan"),
+        record_steps=list(result.record_steps),
+        paths=result.trajectory[:, : min(path_chains, chains)].numpy().copy(),
+    )
+
+
+def sample_view(
+    model: LatentEBM,
+    settings: SampleSettings,
+    data_codes: torch.Tensor | None = None,
+    callback: Callable[[int], bool | None] | None = None,
+) -> SampleView:
+    """Check the request against the app's caps, run the chains, render the result.
+
+    Raises `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
+    """
+    settings.validate()
+    check_request_size(settings.num_chains, settings.num_steps)
+    result = sample_chains(model, settings, data_codes, callback=callback)
+    return render_samples(model, result, settings)

@@ -1,0 +1,96 @@
+"""Sample: run Langevin chains on the chosen model and watch digits form."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+import widgets
+from ebm.generate import STARTS, SampleSettings
+from ebm.limits import MAX_APP_CHAINS, RequestTooLarge
+
+DEFAULTS = SampleSettings()
+PARAMS = [
+    widgets.Param("sampler", "s_sampler", DEFAULTS.sampler, choices=("mala", "ula")),
+    widgets.Param("eps", "s_eps", DEFAULTS.step_size, 0.01, 2.0),
+    widgets.Param("K", "s_steps", DEFAULTS.num_steps, 1, 5000),
+    widgets.Param("chains", "s_chains", DEFAULTS.num_chains, 1, MAX_APP_CHAINS),
+    widgets.Param("every", "s_every", DEFAULTS.record_every, 1, 500),
+    widgets.Param("start", "s_start", DEFAULTS.start, choices=STARTS),
+    widgets.Param("seed", "s_seed", DEFAULTS.seed, 0, widgets.MAX_UI_SEED),
+]
+P = {p.name: p for p in PARAMS}
+DATA_CODES_LIMIT = 10_000
+
+loaded = widgets.model_picker()
+url_messages = widgets.url_to_state(PARAMS, "sample")
+
+st.title("Sample digits")
+widgets.show_url_messages(url_messages)
+
+controls, output = st.columns([1, 2.4], gap="large")
+with controls:
+    widgets.param_select(P["sampler"], "Sampler", format_func=str.upper,
+                         help="ULA takes every Langevin step; MALA adds a Metropolis-Hastings test that makes the chain exact")
+    widgets.param_slider(P["eps"], "Step size ε", step=0.01,
+                         help="Noise scale of a Langevin step; the drift is ε²/2 times the energy gradient")
+    widgets.param_slider(P["K"], "Steps K", step=1)
+    widgets.param_slider(P["chains"], "Chains", step=1, help="One digit per chain")
+    widgets.param_slider(P["every"], "Record every s steps", step=1, help="One animation frame per s steps")
+    widgets.param_select(P["start"], "Start from",
+                         format_func={"noise": "noise N(0, I)", "data": "random data codes"}.get)
+    widgets.seed_input(P["seed"])
+widgets.state_to_url(PARAMS)
+
+s = st.session_state
+settings = SampleSettings(s.s_sampler, float(s.s_eps), int(s.s_steps), int(s.s_chains), int(s.s_every), s.s_start, int(s.s_seed))
+data_codes = None
+if settings.start == "data":
+    with controls:
+        found = widgets.data_codes(loaded, "train", DATA_CODES_LIMIT)
+    if found is None:
+        st.info("Starting from noise instead of data codes.")
+        settings.start = "noise"
+    else:
+        data_codes = found[0]
+
+with output:
+    try:
+        view = widgets.cached_sample_view(loaded, settings, data_codes)
+    except RequestTooLarge as e:
+        st.warning(f"That request is too large for the app: {e}.")
+        st.stop()
+    except ValueError as e:
+        st.error(f"Cannot sample with these settings: {e}")
+        st.stop()
+
+    anim, final = st.columns(2)
+    with anim:
+        st.image(view.gif, caption=f"{view.gif_chains} chains over {view.steps_done} steps ({view.gif_frames} frames)",
+                 width="stretch")
+        st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
+    with final:
+        st.image(view.final_grid, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch")
+        st.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png", on_click="ignore")
+
+    traces, accept = st.columns([3, 2])
+    with traces:
+        fig = go.Figure()
+        for c in range(view.energy_traces.shape[1]):
+            fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1),
+                            opacity=0.45, name=f"chain {c}", showlegend=False)
+        fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color="black"),
+                        name=f"mean of {view.num_chains} chains")
+        fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=320,
+                          margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
+        st.plotly_chart(fig, key="energy_traces")
+    with accept:
+        if settings.sampler == "mala":
+            st.metric("Mean MALA acceptance", f"{view.mean_acceptance:.1%}",
+                      help="About 57% is optimal for MALA; much lower means ε is too large")
+            fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
+            fig.update_layout(title="Acceptance probability (mean over chains)", xaxis_title="step",
+                              yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))
+            st.plotly_chart(fig, key="acceptance")
+        else:
+            st.metric("Acceptance", "100%", help="ULA takes every step; switch to MALA to see the Metropolis test at work")
+            st.caption("ULA is biased for finite ε: large steps blur the landscape. MALA corrects this exactly.")
+    st.caption("The URL holds these settings: copy it to share this exact sample.")

@@ -1,0 +1,227 @@
+"""Train: both stages in a background worker, watched live; the result is saved as a new run."""
+
+import math
+import time
+import uuid
+from dataclasses import fields
+
+import pandas as pd
+import streamlit as st
+
+import widgets
+from ebm import jobs, runs
+from ebm.data import DATASETS
+from ebm.images import image_grid
+from ebm.training import TrainConfig
+
+DEFAULTS = TrainConfig(negatives_every=50)
+
+# field -> (label, min, max, step, help); the defaults come from TrainConfig
+STAGE1 = {
+    "ae_epochs": ("Epochs", 0, 200, 1, "Passes over the training set (0 skips stage 1: the decoder stays untrained)"),
+    "ae_hidden_dim": ("Hidden width", 8, 2048, 8, "Width of the MLP encoder and decoder"),
+    "latent_dim": ("Latent dimensions", 2, 6, 1, "4 keeps the log Z quadrature and the explorer fast"),
+    "ae_batch_size": ("Batch size", 8, 4096, 8, None),
+    "ae_lr": ("Learning rate", 1e-5, 1.0, None, "Peak rate of the one-cycle schedule"),
+    "ae_latent_noise": ("Code noise", 0.0, 2.0, None, "Std of noise added to codes before decoding"),
+    "ae_code_penalty": ("Code penalty", 0.0, 100.0, None, "Weight of |z|²/2: keeps codes near the origin"),
+}
+STAGE2 = {
+    "ebm_iterations": ("Iterations", 10, 100_000, 10, "Contrastive-divergence updates of the energy net"),
+    "ebm_hidden_dim": ("Hidden width", 4, 1024, 4, None),
+    "ebm_layers": ("Hidden layers", 1, 8, 1, None),
+    "ebm_tilt_sigma": ("Tilt σ", 0.1, 100.0, None, "E gets |z|²/2σ² added, so that e^−E is integrable"),
+    "ebm_batch_size": ("Batch size", 8, 4096, 8, "Data codes and negatives per update"),
+    "ebm_lr": ("Learning rate", 1e-5, 1.0, None, None),
+    "mcmc_steps": ("Langevin steps per update", 1, 500, 1, "K for the negatives"),
+    "mcmc_step_size": ("Initial step size ε", 1e-3, 5.0, None, "MALA adapts it toward the target acceptance"),
+    "target_acceptance": ("Target acceptance", 0.05, 0.95, None, None),
+    "buffer_size": ("Replay buffer", 16, 1_000_000, 16, "Persistent chains the negatives continue from"),
+    "reinit_prob": ("Restart probability", 0.0, 1.0, None, "Chance that a negative restarts from noise"),
+    "energy_reg": ("Energy regularization", 0.0, 10.0, None, "α in α(E₊² + E₋²)"),
+    "grad_clip": ("Gradient clip", 1e-3, 1e3, None, None),
+}
+GENERAL = {
+    "seed": ("Seed", 0, widgets.MAX_UI_SEED, 1, None),
+    "negatives_every": ("Show negatives every", 0, 10_000, 10, "Decode a few negatives every N iterations (0: never)"),
+}
+
+
+def number_field(name: str, spec: tuple) -> float | int:
+    label, lo, hi, step, help_ = spec
+    default = getattr(DEFAULTS, name)
+    if isinstance(default, int):
+        return st.number_input(label, int(lo), int(hi), int(default), int(step or 1), key=f"t_{name}", help=help_)
+    return st.number_input(label, float(lo), float(hi), float(default), format="%g", key=f"t_{name}", help=help_,
+                           step=float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01)
+
+
+def config_form(disabled: bool) -> TrainConfig | None:
+    """The hyperparameter form; returns a config when Start is pressed."""
+    with st.form("train_config", border=True):
+        top = st.columns(4)
+        values = {
+            "dataset": top[0].selectbox("Dataset", DATASETS, key="t_dataset",
+                                        format_func=widgets.DATASET_LABELS.get),
+            "seed": None,
+        }
+        with top[1]:
+            values["seed"] = number_field("seed", GENERAL["seed"])
+        with top[2]:
+            values["negatives_every"] = number_field("negatives_every", GENERAL["negatives_every"])
+        with top[3]:
+            values["device"] = widgets.device_picker("t_device")
+        s1, s2 = st.columns(2, gap="large")
+        with s1:
+            st.markdown("**Stage 1 · autoencoder** (binary cross-entropy, noisy codes)")
+            cols = st.columns(2)
+            for n, (name, spec) in enumerate(STAGE1.items()):
+                with cols[n % 2]:
+                    values[name] = number_field(name, spec)
+        with s2:
+            st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
+            cols = st.columns(3)
+            for n, (name, spec) in enumerate(STAGE2.items()):
+                with cols[n % 3]:
+                    values[name] = number_field(name, spec)
+            values["sampler"] = st.segmented_control("Negatives sampler", ("mala", "ula"), default=DEFAULTS.sampler,
+                                                     key="t_sampler", required=True, format_func=str.upper)
+        submitted = st.form_submit_button("Start training", icon=":material/play_arrow:", type="primary", disabled=disabled)
+    if not submitted:
+        return None
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def long_frame(events: list[dict], keys: dict[str, str]) -> pd.DataFrame:
+    """Events -> (step, value, series) rows for the named losses present."""
+    rows = [(e["step"], e["losses"][k], label) for e in events for k, label in keys.items() if k in e["losses"]]
+    return pd.DataFrame(rows, columns=["step", "value", "series"])
+
+
+def show_live(snap: jobs.JobSnapshot) -> None:
+    cfg = snap.config
+    head = st.columns([2, 1, 1, 1])
+    state_label = {"finished": ":material/check_circle: finished", "stopped": ":material/stop_circle: stopped (what was trained is saved)", "failed": ":material/error: failed"}
+    head[0].markdown(f"**Training on {widgets.DATASET_LABELS.get(cfg['dataset'], cfg['dataset'])}** · "
+                     f"{state_label.get(snap.state, ':material/hourglass_top: ' + snap.state)}")
+    head[1].metric("Elapsed", fmt_seconds(snap.elapsed))
+    head[2].metric("Stage remaining", fmt_seconds(snap.stage_remaining) if snap.active else "—",
+                   help="Estimated from this stage's rate so far")
+    with head[3]:
+        if snap.active:
+            if st.button("Stop", icon=":material/stop:", key="stop_training", disabled=snap.state in ("stopping", "saving"),
+                         help="Stop after the current step and save what was trained as a new run"):
+                jobs.get_job(snap.id).stop()
+                st.rerun(scope="fragment")
+
+    p1 = snap.progress.get("autoencoder", 0.0)
+    p2 = snap.progress.get("energy", 0.0)
+    st.progress(min(p1, 1.0), text=f"Stage 1 · autoencoder: {p1:.0%}")
+    st.progress(min(p2, 1.0), text=f"Stage 2 · energy net: {p2:.0%}")
+
+    if snap.error:
+        st.error(snap.error)
+    for message in snap.messages[-3:]:
+        st.warning(message)
+
+    ae = snap.series("autoencoder")
+    en = snap.series("energy")
+    charts, negs = st.columns([3, 1])
+    with charts:
+        c1, c2 = st.columns(2)
+        with c1:
+            st.caption("Autoencoder BCE per image (nats)")
+            if ae:
+                st.line_chart(long_frame(ae, {"train_bce": "train", "test_bce": "test"}), x="step", y="value",
+                              color="series", height=220)
+        with c2:
+            st.caption("Contrastive loss  E(data) − E(negatives)")
+            if en:
+                st.line_chart(long_frame(en, {"cd_loss": "cd loss"}), x="step", y="value", height=220)
+        c3, c4 = st.columns(2)
+        with c3:
+            st.caption("Mean energy: data vs negatives")
+            if en:
+                st.line_chart(long_frame(en, {"energy_data": "data", "energy_negatives": "negatives"}), x="step",
+                              y="value", color="series", height=220)
+        with c4:
+            st.caption("Acceptance of the negatives' MALA steps")
+            if en:
+                st.line_chart(long_frame(en, {"acceptance": "acceptance"}), x="step", y="value", height=220)
+    with negs:
+        st.caption("Decoded negatives")
+        if snap.negatives is not None:
+            st.image(image_grid(snap.negatives, ncols=4, scale=2),
+                     caption=f"iteration {snap.negatives_step}", width="stretch")
+        else:
+            st.caption("(appear during stage 2)")
+
+    if snap.run_path is not None:
+        st.success(f"Saved as run **{snap.run_path.parent.name}** ({snap.run_path}). "
+                   "Pick it in the sidebar's Model menu on the Sample and Explorer pages.")
+        b1, b2 = st.columns([1, 3])
+        with b1:
+            widgets.download_run_button(snap.run_path, key=f"dl_{snap.id}")
+        with b2:
+            if st.button("Sample from it", icon=":material/auto_awesome:", key=f"use_{snap.id}"):
+                st.session_state["model_choice"] = snap.run_path.parent.name
+                st.switch_page("pages/sample.py")
+
+
+st.title("Train your own model")
+me = st.session_state.setdefault("session_owner", uuid.uuid4().hex)
+job = jobs.latest_job()
+active = job is not None and job.active
+
+if active and job.owner != me:
+    st.info("A training is already running (started in another session or tab). You can watch it below; "
+            "a new training can start when it ends.")
+
+cfg = config_form(disabled=active)
+if cfg is not None:
+    try:
+        jobs.start_training(cfg, owner=me)
+    except jobs.JobAlreadyRunning as e:
+        st.warning(str(e).capitalize())
+    except ValueError as e:
+        st.error(f"Cannot start: {e}")
+    else:
+        st.rerun()
+
+
+@st.fragment(run_every=1.0 if active else None)
+def live_panel() -> None:
+    current = jobs.latest_job()
+    if current is None:
+        st.caption("No training yet in this server session. Set the hyperparameters above and press Start; "
+                   "the training runs in the background, so you can switch pages and come back.")
+        return
+    snap = current.snapshot()
+    show_live(snap)
+    if active and not snap.active:  # it just ended: rerun the page to enable Start and list the new run
+        st.rerun()
+
+
+live_panel()
+
+st.divider()
+saved = runs.list_runs()
+with st.expander(f"Saved runs ({len(saved)}) in {runs.default_runs_dir()}", expanded=not active and bool(saved)):
+    if not saved:
+        st.caption("None yet.")
+    for r in saved[:20]:
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        cfg_r = r.extra.get("train_config", {})
+        c1.markdown(f"**{r.label}** · {widgets.DATASET_LABELS.get(r.dataset, r.dataset)} · "
+                    f"{cfg_r.get('ae_epochs', '?')} epochs, {cfg_r.get('ebm_iterations', '?')} iterations · "
+                    f"{r.size / 1e6:.1f} MB · {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.mtime))}")
+        with c2:
+            widgets.download_run_button(r.path, label="Download", key=f"dl_run_{r.name}")

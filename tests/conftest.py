@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic MNIST-shaped dataset on disk and a tiny trained model."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+
+from ebm.data import RAW_FILES, idx_bytes
+from ebm.training import TrainConfig, build_model, train
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bars and blobs at class-dependent places: structured enough for the models to learn."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i, y in enumerate(labels):
+        r, c = 4 + 2 * (y % 5) + rng.integers(0, 2), 4 + 10 * (y // 5) + rng.integers(0, 2)
+        images[i, r : r + 8, c : c + 6] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """An MNIST folder in torchvision's layout holding 512 train and 128 test synthetic digits."""
+    root = tmp_path_factory.mktemp("data")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train_x, train_y = synthetic_digits(512, seed=0)
+    test_x, test_y = synthetic_digits(128, seed=1)
+    arrays = dict(zip(RAW_FILES, (train_x, train_y, test_x, test_y)))
+    for name, array in arrays.items():
+        (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    return root
+
+
+TINY_CONFIG = dict(
+    ae_hidden_dim=32, ae_epochs=1, ae_batch_size=64, ebm_hidden_dim=16, ebm_iterations=20,
+    ebm_batch_size=32, mcmc_steps=3, buffer_size=128,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A model trained for a few seconds on random binary images (for plumbing tests)."""
+    cfg = TrainConfig(**TINY_CONFIG)
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(256, 784, generator=gen) < 0.2).float()
+    model = build_model(cfg)
+    for _ in train(model, images[:192], images[192:], cfg):
+        pass
+    return model, cfg

@@ -1,0 +1,172 @@
+"""Weights files, the training loop and the CLI, on tiny models and synthetic data."""
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save as save_tensors
+
+from ebm import checkpoint
+from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_bytes, save_model
+from ebm.cli import main
+from ebm.generate import SampleSettings, decode_binary, sample_chains
+from ebm.training import TrainConfig, build_model, train, train_energy
+
+from conftest import TINY_CONFIG
+
+
+def test_weights_round_trip_keeps_every_tensor_and_metadata(tiny_model, tmp_path):
+    model, cfg = tiny_model
+    path = save_model(model, tmp_path / "m.safetensors", {"dataset": "mnist", "threshold": 0.5})
+    loaded, extra = load_model(path)
+    assert extra == {"dataset": "mnist", "threshold": 0.5}
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temp file left behind
+
+
+def test_shipped_weights_load_and_are_protected(tiny_model):
+    model, _ = load_model()  # the default the CLI and app use
+    assert model.latent_dim == 4
+    with pytest.raises(WeightsError, match="shipped"):
+        save_model(tiny_model[0], checkpoint.SHIPPED_WEIGHTS)
+
+
+def test_wrong_shape_is_refused_with_the_tensor_named(tiny_model):
+    model, _ = tiny_model
+    data = model_to_bytes(model)
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors["energy.out.weight"] = torch.zeros(1, 3)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    bad = save_tensors(tensors, metadata=header["__metadata__"])
+    with pytest.raises(WeightsError, match=r"energy\.out\.weight.*\(1, 3\)"):
+        model_from_bytes(bad)
+
+
+@pytest.mark.parametrize("payload,match", [
+    (b"not a safetensors file at all", "not a valid safetensors"),
+    (b"", "not a valid safetensors"),
+])
+def test_garbage_is_refused(payload, match):
+    with pytest.raises(WeightsError, match=match):
+        model_from_bytes(payload)
+
+
+def test_foreign_safetensors_and_nan_tensors_are_refused(tiny_model):
+    with pytest.raises(WeightsError, match="not an mnist-ebm weights file"):
+        model_from_bytes(save_tensors({"x": torch.zeros(2)}))
+    model, _ = tiny_model
+    data = model_to_bytes(model)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors["energy.hidden.0.bias"][0] = float("nan")
+    with pytest.raises(WeightsError, match="NaN"):
+        model_from_bytes(save_tensors(tensors, metadata=header["__metadata__"]))
+
+
+def test_training_yields_both_stages_and_learns():
+    cfg = TrainConfig(**TINY_CONFIG | {"ae_epochs": 6, "ae_lr": 1e-2})
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(256, 784, generator=gen) < 0.2).float()
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    events = list(train(model, images[:192], images[192:], cfg))
+    stages = [e.stage for e in events]
+    assert stages[0] == "autoencoder" and stages[-1] == "energy"
+    assert events[-1].step == cfg.ebm_iterations
+    assert {"cd_loss", "energy_data", "energy_negatives", "acceptance"} <= set(events[-1].losses)
+    ae_test = [e.losses["test_bce"] for e in events if "test_bce" in e.losses]
+    # pixels are Bernoulli(0.2): a model must at least learn that (784 H(0.2) = 392 nats), far below a coin's 543
+    assert len(ae_test) == 6 and ae_test[-1] < 1.1 * 784 * (-0.2 * np.log(0.2) - 0.8 * np.log(0.8))
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("energy.") for k in changed) and any(k.startswith("autoencoder.") for k in changed)
+    assert torch.isfinite(model.code_std).all() and (model.code_std > 0).all()
+
+
+def test_stopping_between_steps_keeps_what_was_trained():
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 1000})
+    model = build_model(cfg)
+    codes = torch.randn(200, 4)
+    before = model.energy.out.weight.clone()
+    events = train_energy(model, codes, cfg)
+    for event in events:
+        if event.step >= 30:
+            break
+    events.close()
+    assert event.step == 30
+    assert not torch.equal(before, model.energy.out.weight)
+
+
+def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 40})
+    model = build_model(cfg)
+    calls = {"n": 0}
+    real_forward = type(model.energy).forward
+
+    def sometimes_nan(self, z):
+        calls["n"] += 1
+        out = real_forward(self, z)
+        return out * float("nan") if calls["n"] in (11, 12) else out
+
+    monkeypatch.setattr(type(model.energy), "forward", sometimes_nan)
+    events = list(train_energy(model, torch.randn(200, 4), cfg))
+    assert any("rolled back" in e.message for e in events)
+    assert all(torch.isfinite(p).all() for p in model.energy.parameters())
+
+
+def test_sampling_is_deterministic_and_decodes_to_binary_images(tiny_model):
+    model, _ = tiny_model
+    settings = SampleSettings(num_steps=10, num_chains=6, record_every=5, seed=3)
+    a, b = sample_chains(model, settings), sample_chains(model, settings)
+    assert torch.equal(a.state.position, b.state.position)
+    images = decode_binary(model, a.state.position)
+    assert images.shape == (6, 784) and set(images.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("step_size", 0.0, "step size"), ("num_steps", 0, "steps"), ("num_chains", 0, "chains"),
+    ("num_chains", 10**9, "chains"), ("record_every", 0, "record_every"), ("seed", -1, "seed"),
+    ("sampler", "hmc", "sampler"), ("start", "moon", "start"),
+])
+def test_bad_sample_settings_are_refused(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        SampleSettings(**{field: value}).validate()
+
+
+def test_cli_sample_writes_grid_gif_and_npy(tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    main(["sample", "--steps", "20", "--num-images", "12", "--record-every", "5", "--out", str(out), "--out-dir", str(tmp_path)])
+    images = np.load(out)
+    assert images.shape == (12, 28, 28) and images.dtype == np.float32
+    assert images.min() >= 0 and images.max() <= 1
+    frames = iio.imread(tmp_path / "chains.gif", index=None)
+    assert len(frames) == 5  # start + 4 records
+    assert iio.imread(tmp_path / "grid.png").ndim == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["settings"]["num_chains"] == 12
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["sample", "--step-size", "0"], "step-size"),
+    (["sample", "--steps", "0"], "steps"),
+    (["sample", "--num-images", "-5"], "num-images"),
+    (["sample", "--num-images", "99999999"], "chains"),
+    (["sample", "--weights", "/nonexistent.safetensors"], "does not exist"),
+])
+def test_cli_bad_arguments_exit_with_a_message(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code != 0
+    err = capsys.readouterr().err + str(exc.value.code)
+    assert match in err
+
+
+def test_cli_train_on_tiny_dataset_writes_a_loadable_run(tiny_data_dir, tmp_path):
+    argv = ["train", "--data-dir", str(tiny_data_dir), "--runs-dir", str(tmp_path)]
+    for key, value in TINY_CONFIG.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    main(argv)
+    (run,) = tmp_path.glob("*/model.safetensors")
+    model, extra = load_model(run)
+    assert extra["dataset"] == "mnist" and extra["train_config"]["ebm_iterations"] == TINY_CONFIG["ebm_iterations"]

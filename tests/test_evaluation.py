@@ -1,0 +1,249 @@
+"""Tests for ebm.evaluation and ebm.classifier on cases whose answers are known.
+
+Offline and fast: log Z is checked on Gaussian-mixture energies with a closed-form normalizer,
+the metrics on synthetic arrays, and the whole pipeline on a tiny synthetic MNIST; the real
+test set is only used (to check the shipped classifier's accuracy) when EBM_DATA_DIR has it.
+"""
+
+import argparse
+import gzip
+import json
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import sqrtm
+from scipy.stats import norm
+
+from ebm import evaluation as ev
+from ebm.checkpoint import WeightsError, save_model
+from ebm.classifier import (
+    DEFAULT_CLASSIFIER,
+    ClassifierConfig,
+    MnistClassifier,
+    accuracy,
+    load_classifier,
+    save_classifier,
+)
+from ebm.training import TrainConfig, build_model
+
+LOG_Z = 1.7  # the mixture energies below are -log(mixture density) - LOG_Z, so log Z = LOG_Z
+
+
+def mixture_energy():
+    """A correlated 3-component Gaussian mixture in 4-D as an energy, with its parameters."""
+    torch.manual_seed(0)
+    means = torch.tensor([[0.0, 0.0, 0.0, 0.0], [2.0, -1.0, 0.5, 1.0], [-1.5, 1.5, -1.0, 0.0]])
+    a = 0.3 * torch.randn(3, 4, 4)
+    covs = a @ a.transpose(1, 2) + 0.3 * torch.eye(4)
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    mix = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(weights), torch.distributions.MultivariateNormal(means, covs)
+    )
+    return (lambda x: -mix.log_prob(x) - LOG_Z), mix, (means, covs, weights)
+
+
+@pytest.fixture(scope="module")
+def mixture_grid():
+    return ev.grid_quadrature(mixture_energy()[0], np.full(4, -6.0), np.full(4, 6.0), resolution=30)
+
+
+def test_grid_quadrature_finds_a_known_log_z(mixture_grid):
+    grid = mixture_grid
+    assert grid.log_z == pytest.approx(LOG_Z, abs=0.01)
+    assert grid.edge_mass < 1e-4
+
+
+def test_grid_marginals_match_the_mixture_marginals(mixture_grid):
+    _, _, (means, covs, weights) = mixture_energy()
+    grid = mixture_grid
+    for k in range(4):
+        edges = grid.edges(k)
+        cdf = sum(w * norm.cdf(edges, m[k], math.sqrt(c[k, k])) for w, m, c in zip(weights.tolist(), means.numpy(), covs.numpy()))
+        np.testing.assert_allclose(np.exp(grid.marginal_log_mass[k]), np.diff(cdf), atol=2e-3)
+
+
+def test_a_box_that_is_too_small_shows_in_edge_mass_and_log_z():
+    energy, _, _ = mixture_energy()
+    grid = ev.grid_quadrature(energy, np.full(4, -1.0), np.full(4, 1.0), resolution=10)
+    assert grid.edge_mass > 0.1
+    assert grid.log_z < LOG_Z - 0.5
+
+
+def test_grid_quadrature_rejects_bad_boxes_and_nan():
+    energy, _, _ = mixture_energy()
+    with pytest.raises(ValueError):
+        ev.grid_quadrature(energy, np.zeros(4), np.zeros(4))
+    with pytest.raises(ValueError):
+        ev.grid_quadrature(lambda x: torch.full((len(x),), float("nan")), -np.ones(2), np.ones(2), resolution=4)
+
+
+def test_importance_sampling_agrees_within_its_error_bars():
+    energy, mix, _ = mixture_energy()
+    codes = mix.sample((20_000,))
+    est = ev.importance_log_z(energy, codes, num_samples=50_000, seed=0)
+    assert 0 < est.standard_error < 0.02
+    assert abs(est.log_z - LOG_Z) < 4 * est.standard_error
+    assert est.effective_sample_size > 0.2 * est.num_samples
+
+
+def test_importance_sampling_error_bars_grow_for_a_poor_proposal():
+    """Codes that cover one mode only: the t tail still finds the others, with larger error bars."""
+    energy, mix, (means, _, _) = mixture_energy()
+    good = ev.importance_log_z(energy, mix.sample((5000,)), num_samples=20_000, seed=1)
+    poor = ev.importance_log_z(energy, means[0] + 0.3 * torch.randn(5000, 4), num_samples=20_000, components=1, seed=1)
+    assert poor.standard_error > 3 * good.standard_error
+    assert poor.effective_sample_size < 0.5 * good.effective_sample_size
+
+
+def test_frechet_distance_of_identical_features_is_zero():
+    features = np.random.default_rng(0).standard_normal((500, 16)) @ np.random.default_rng(1).standard_normal((16, 16))
+    mu, cov = ev.features_stats(features)
+    assert ev.frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-8 * np.trace(cov))
+
+
+def test_frechet_distance_closed_forms():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    # diagonal covariances: |mu1 - mu2|^2 + sum (sigma1 - sigma2)^2
+    s1, s2 = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])
+    expected = 5.0 + np.square(s1 - s2).sum()
+    assert ev.frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(expected)
+    # covariances that do not commute, against scipy's matrix square root
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((6, 6)), rng.standard_normal((6, 6))
+    c1, c2 = a @ a.T, b @ b.T + np.eye(6)
+    reference = np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
+    assert ev.frechet_distance(np.zeros(6), c1, np.zeros(6), c2) == pytest.approx(reference, rel=1e-6)
+    # a rank-deficient covariance is fine
+    assert ev.frechet_distance(np.zeros(6), np.zeros((6, 6)), np.zeros(6), c2) == pytest.approx(np.trace(c2))
+
+
+def test_frechet_distance_of_samples_estimates_the_population_value():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50_000, 4))
+    y = rng.standard_normal((50_000, 4)) * 2.0 + 1.0
+    assert ev.frechet_distance(*ev.features_stats(x), *ev.features_stats(y)) == pytest.approx(4 * 1.0 + 4 * 1.0, rel=0.02)
+
+
+def test_inception_score_bounds():
+    confident = np.eye(10)[np.arange(1000) % 10]
+    assert ev.inception_score(confident) == pytest.approx(10.0)
+    assert ev.inception_score(np.eye(10)[np.zeros(1000, dtype=int)]) == pytest.approx(1.0)
+    assert ev.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
+    two_classes = np.eye(10)[np.arange(1000) % 2]
+    assert ev.inception_score(two_classes) == pytest.approx(2.0)
+
+
+def test_class_histogram():
+    uniform = ev.class_histogram(np.arange(1000) % 10)
+    assert uniform["entropy_bits"] == pytest.approx(math.log2(10))
+    assert uniform["min_share"] == pytest.approx(0.1)
+    missing = ev.class_histogram(np.array([0, 1, 1, 2]))
+    assert missing["min_share"] == 0.0
+    assert missing["entropy_bits"] == pytest.approx(1.5)
+    assert missing["counts"][:3] == [1, 2, 1]
+    with pytest.raises(ValueError):
+        ev.class_histogram(np.array([10]))
+
+
+def test_knn_precision_recall():
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((400, 8))
+    assert ev.knn_precision_recall(real, real) == (1.0, 1.0)
+    assert ev.knn_precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # generated points that collapse onto part of the data: precise, but recall drops
+    plane = rng.standard_normal((1000, 2))
+    collapsed = plane[plane[:, 0] > 0.5]  # 31% of the points, all on one side
+    precision, recall = ev.knn_precision_recall(plane, collapsed)
+    assert precision == 1.0 and 0.25 < recall < 0.45
+
+
+# --- the classifier -------------------------------------------------------------------
+
+
+def test_shipped_classifier_is_small_and_loads():
+    assert DEFAULT_CLASSIFIER.stat().st_size < 2_000_000
+    model, extra = load_classifier()
+    assert extra["test_accuracy"] >= 0.985
+    features, probs = model.predict(torch.zeros(3, 784))
+    assert features.shape == (3, model.config.feature_dim) and probs.shape == (3, 10)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+
+
+@pytest.mark.skipif(not os.environ.get("EBM_DATA_DIR"), reason="needs MNIST in EBM_DATA_DIR")
+def test_shipped_classifier_accuracy_on_mnist():
+    from ebm.data import load_binarized
+
+    images, labels = load_binarized("mnist", "test", os.environ["EBM_DATA_DIR"], download=False)
+    assert accuracy(load_classifier()[0], images, labels) >= 0.985
+
+
+def test_classifier_round_trip_and_clear_errors(tmp_path):
+    torch.manual_seed(0)
+    model = MnistClassifier(ClassifierConfig(channels1=4, channels2=8, feature_dim=16))
+    path = save_classifier(model, tmp_path / "c.safetensors", {"note": "x"})
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    loaded, extra = load_classifier(path)
+    assert extra == {"note": "x"}
+    x = torch.rand(5, 784)
+    torch.testing.assert_close(loaded(x), model(x))
+
+    with pytest.raises(WeightsError, match="do not exist"):
+        load_classifier(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a weights file")
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
+        load_classifier(tmp_path / "junk.safetensors")
+    with pytest.raises(WeightsError, match="not a classifier"):
+        load_classifier(save_model(build_model(TrainConfig(ae_hidden_dim=8, ebm_hidden_dim=8)), tmp_path / "ebm.safetensors"))
+    # a tensor whose shape does not fit the architecture in the metadata
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    tensors["fc.weight"] = tensors["fc.weight"][:, :-1].contiguous()
+    header = json.loads(path.read_bytes()[8 : 8 + int.from_bytes(path.read_bytes()[:8], "little")])
+    save_file(tensors, tmp_path / "bad.safetensors", metadata=header["__metadata__"])
+    with pytest.raises(WeightsError, match="fc.weight.*shape"):
+        load_classifier(tmp_path / "bad.safetensors")
+
+
+# --- the whole pipeline on a tiny synthetic MNIST ---------------------------------------
+
+
+def _write_fake_mnist(root: Path, n_train=300, n_test=200) -> None:
+    rng = np.random.default_rng(0)
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 255
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">4I", 0x803, n, 28, 28) + images.tobytes()))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">2I", 0x801, n) + labels.tobytes()))
+
+
+def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(ev, "GRID_RESOLUTION", 8)
+    monkeypatch.setattr(ev, "IS_SAMPLES", 2000)
+    monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1, "gmm10": 2, "gmm50": 3})  # same keys, faster fits
+    _write_fake_mnist(tmp_path / "data")
+    weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
+    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0,
+                              data_dir=tmp_path / "data", out_dir=tmp_path / "eval")
+    results = ev.run_evaluate(args)
+
+    saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert saved["ebm"]["test_nll_nats"] == pytest.approx(results["ebm"]["test_nll_nats"])
+    for name in ("ebm", "gaussian", "gmm10", "gmm50", "reconstruction", "data"):
+        for key in ("test_nll_nats", "fid", "class_min_share", "inception_score", "class_entropy_bits"):
+            assert key in saved[name]
+        assert saved[name]["num_images"] == 100
+        assert (saved[name]["test_nll_nats"] is None) == (name in ("reconstruction", "data"))
+    assert saved["log_z"]["quadrature"]["resolution"] == 8 and saved["log_z"]["quadrature_check"]["resolution"] == 16
+    assert set(saved["diagnostics"]) == {"mala", "ula"}
+    assert len(saved["diagnostics"]["ula"]["marginal_w1"]) == 4
+    assert saved["settings"]["sample_settings"]["num_chains"] == 100
+    report = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "| gmm50 |" in report and "importance sampling" in report

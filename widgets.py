@@ -1,0 +1,378 @@
+"""Widgets and cached loaders shared by the app's pages.
+
+Pages stay thin: they lay out widgets and plots, and everything they compute goes through
+the cached functions here into the `ebm` package. Torch objects are not hashable, so cached
+functions take them as leading-underscore arguments next to an explicit hashable key
+(a model's key is its file path + mtime, or an upload's sha256).
+
+Query parameters: settings that define a result live in the URL (`st.query_params`) so a
+view can be shared. `url_to_state` reads them once per page and session, clamping or
+ignoring bad values with a message; `state_to_url` writes the current values back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import streamlit as st
+import torch
+
+from ebm import runs as runs_mod
+from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
+from ebm.data import DatasetError, load_binarized
+from ebm.generate import SampleSettings
+from ebm.images import image_grid
+from ebm.landscape import Marginals, marginal_densities
+from ebm.limits import QUICK_CHAIN_STEPS
+from ebm.models import LatentEBM
+from ebm.render import SampleView, sample_view
+
+MAX_UI_SEED = 2**31 - 1  # browsers keep integers exact only up to 2**53; 2**31 is plenty of seeds
+SHIPPED = "shipped"
+UPLOAD_PREFIX = "upload:"
+DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+# ---- query parameters ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Param:
+    """A setting kept in the URL: name in the URL, widget key, default, and what values are valid."""
+
+    name: str
+    key: str
+    default: Any
+    lo: float | None = None  # numbers: inclusive range
+    hi: float | None = None
+    choices: tuple | None = None  # choices: valid values
+
+    @property
+    def kind(self) -> str:
+        if self.choices is not None:
+            return "choice"
+        return "int" if isinstance(self.default, int) else "float"
+
+
+def parse_param(param: Param, raw: str) -> tuple[Any, str | None]:
+    """Turn a URL value into a valid setting: (value, None), (clamped value, message) or (None, message)."""
+    raw = str(raw).strip()
+    if param.kind == "choice":
+        lookup = {str(c).lower(): c for c in param.choices}
+        if raw.lower() in lookup:
+            return lookup[raw.lower()], None
+        return None, f"`{param.name}={raw}` in the URL is not one of {', '.join(map(str, param.choices))}; ignored"
+    try:
+        number = float(raw)
+    except ValueError:
+        return None, f"`{param.name}={raw}` in the URL is not a number; ignored"
+    if not math.isfinite(number):
+        return None, f"`{param.name}={raw}` in the URL is not a finite number; ignored"
+    if param.kind == "int":
+        if number != int(number):
+            return None, f"`{param.name}={raw}` in the URL is not a whole number; ignored"
+        number = int(number)
+    if param.lo is not None and number < param.lo:
+        return type(param.default)(param.lo), f"`{param.name}={raw}` in the URL is below the minimum; using {param.lo}"
+    if param.hi is not None and number > param.hi:
+        return type(param.default)(param.hi), f"`{param.name}={raw}` in the URL is above the maximum; using {param.hi}"
+    return number, None
+
+
+def url_to_state(params: Sequence[Param], page: str) -> list[str]:
+    """On a page's first run in this session, copy valid URL values into the widgets' state.
+
+    Every param's widget key gets its default if it has no value yet. Returns the messages
+    about URL values that were clamped or ignored (also kept for the page's later reruns).
+    """
+    flag = f"_url_loaded_{page}"
+    if not st.session_state.get(flag):
+        messages = []
+        for p in params:
+            if p.name in st.query_params:
+                value, message = parse_param(p, st.query_params[p.name])
+                if message:
+                    messages.append(message)
+                if value is not None:
+                    st.session_state[p.key] = value
+        st.session_state[flag] = True
+        st.session_state[f"_url_messages_{page}"] = messages
+    for p in params:
+        if p.key not in st.session_state:
+            st.session_state[p.key] = p.default
+    return st.session_state.get(f"_url_messages_{page}", [])
+
+
+def state_to_url(params: Sequence[Param]) -> None:
+    """Write the widgets' current values into the URL (only those that changed)."""
+    for p in params:
+        value = st.session_state.get(p.key, p.default)
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        if st.query_params.get(p.name) != text:
+            st.query_params[p.name] = text
+
+
+def show_url_messages(messages: Sequence[str]) -> None:
+    if messages:
+        st.warning("Some settings in the link could not be used:\n\n" + "\n".join(f"- {m}" for m in messages))
+
+
+def param_slider(param: Param, label: str, **kwargs) -> Any:
+    """A slider whose range is the param's range, so URL values and the widget agree."""
+    return st.slider(label, param.lo, param.hi, key=param.key, persist_state="session", **kwargs)
+
+
+def param_select(param: Param, label: str, **kwargs) -> Any:
+    return st.segmented_control(label, param.choices, key=param.key, required=True, persist_state="session", **kwargs)
+
+
+def param_number(param: Param, label: str, **kwargs) -> Any:
+    return st.number_input(label, param.lo, param.hi, key=param.key, persist_state="session", **kwargs)
+
+
+def seed_input(param: Param, label: str = "Seed", resample_label: str = "Resample") -> int:
+    """A seed box with a button that draws a new seed (and so a new sample)."""
+
+    def new_seed() -> None:
+        st.session_state[param.key] = random.randint(int(param.lo), int(param.hi))
+
+    col_seed, col_button = st.columns([3, 2], vertical_alignment="bottom")
+    with col_button:
+        st.button(resample_label, icon=":material/casino:", on_click=new_seed, help="Draw again with a new random seed", width="stretch")
+    with col_seed:
+        return param_number(param, label, step=1)
+
+
+def device_picker(key: str = "device") -> str:
+    """CPU, or CUDA when this server has a GPU."""
+    options = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return st.selectbox("Device", options, key=key, help="Training runs on this device; CUDA is listed only when available")
+
+
+# ---- models -------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    model: LatentEBM
+    meta: dict
+    key: tuple  # hashable cache key: ("file", path, mtime_ns) or ("upload", sha256)
+    label: str
+    choice: str  # "shipped", a run name, or "upload:<sha256>"
+
+    @property
+    def dataset(self) -> str:
+        return str(self.meta.get("dataset", "mnist"))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.get("threshold", 0.5))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading model…")
+def _load_file_model(path: str, mtime_ns: int) -> tuple[LatentEBM, dict]:
+    return load_model(path)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading model…")
+def _load_upload_model(digest: str, _data: bytes, name: str) -> tuple[LatentEBM, dict]:
+    return model_from_bytes(_data, name=name)
+
+
+def load_file_model(path: str | Path) -> LoadedModel:
+    path = Path(path)
+    mtime = path.stat().st_mtime_ns
+    model, meta = _load_file_model(str(path.resolve()), mtime)
+    return LoadedModel(model, meta, ("file", str(path.resolve()), mtime), path.name, SHIPPED)
+
+
+def shipped_model() -> LoadedModel:
+    loaded = load_file_model(SHIPPED_WEIGHTS)
+    loaded.label = f"shipped ({SHIPPED_WEIGHTS.name})"
+    return loaded
+
+
+def _on_upload() -> None:
+    """Check an uploaded weights file; a good one is selected, a bad one leaves the model as it was."""
+    file = st.session_state.get("model_upload")
+    if file is None:
+        st.session_state.pop("upload_error", None)
+        return
+    data = file.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        model_from_bytes(data, name=file.name)
+    except WeightsError as e:
+        st.session_state["upload_error"] = str(e)
+        return
+    st.session_state.pop("upload_error", None)
+    st.session_state.setdefault("uploads", {})[digest] = (file.name, data)
+    st.session_state["model_choice"] = UPLOAD_PREFIX + digest
+
+
+def model_picker() -> LoadedModel:
+    """Sidebar: pick the shipped weights, a saved run, or an uploaded file; returns the loaded model.
+
+    The choice is kept across pages and, for the shipped model and runs, in the URL (`model=`).
+    A choice that cannot be loaded falls back to the shipped model with a message.
+    """
+    runs = {r.name: r for r in runs_mod.list_runs()}
+    uploads: dict = st.session_state.setdefault("uploads", {})
+    options = [SHIPPED] + list(runs) + [UPLOAD_PREFIX + d for d in uploads]
+
+    if not st.session_state.get("_url_loaded_model"):
+        st.session_state["_url_loaded_model"] = True
+        wanted = st.query_params.get("model")
+        if wanted is not None:
+            if wanted in options and not wanted.startswith(UPLOAD_PREFIX):
+                st.session_state["model_choice"] = wanted
+            else:
+                st.session_state["_model_message"] = f"The model `{wanted}` from the link was not found; using the shipped model"
+    if st.session_state.get("model_choice") not in options:
+        st.session_state["model_choice"] = SHIPPED
+
+    def label(choice: str) -> str:
+        if choice == SHIPPED:
+            return "Shipped (MNIST, 4-D)"
+        if choice.startswith(UPLOAD_PREFIX):
+            return f"Uploaded: {uploads[choice[len(UPLOAD_PREFIX):]][0]}"
+        return f"Run {runs[choice].label} · {DATASET_LABELS.get(runs[choice].dataset, runs[choice].dataset)}"
+
+    with st.sidebar:
+        choice = st.selectbox("Model", options, format_func=label, key="model_choice",
+                              help="The shipped weights, runs trained on the Train page (saved under runs/), or your own file")
+        with st.expander("Use your own weights"):
+            st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload", on_change=_on_upload,
+                             help="A file saved by this app or `python -m ebm train`")
+        if st.session_state.get("upload_error"):
+            st.error(f"That file cannot be used: {st.session_state['upload_error']}. Keeping the previous model.")
+        message = st.session_state.pop("_model_message", None)
+        if message:
+            st.warning(message)
+
+    try:
+        if choice == SHIPPED:
+            loaded = shipped_model()
+        elif choice.startswith(UPLOAD_PREFIX):
+            digest = choice[len(UPLOAD_PREFIX):]
+            name, data = uploads[digest]
+            model, meta = _load_upload_model(digest, data, name)
+            loaded = LoadedModel(model, meta, ("upload", digest), name, choice)
+        else:
+            loaded = load_file_model(runs[choice].path)
+            loaded.label, loaded.choice = choice, choice
+    except (WeightsError, OSError) as e:
+        st.sidebar.error(f"Could not load {label(choice)}: {e}. Using the shipped model.")
+        loaded = shipped_model()
+    if loaded.choice.startswith(UPLOAD_PREFIX):
+        st.query_params.pop("model", None)
+    elif st.query_params.get("model") != loaded.choice:
+        if loaded.choice == SHIPPED:
+            st.query_params.pop("model", None)
+        else:
+            st.query_params["model"] = loaded.choice
+    return loaded
+
+
+# ---- data ---------------------------------------------------------------------------------------
+@st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
+def _dataset(name: str, split: str, threshold: float, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_binarized(name, split, data_dir=None, threshold=threshold, download=download)
+
+
+def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str = "fetch") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The binarized split if it is on disk, else None after showing why, with a button to download it."""
+    try:
+        return _dataset(name, split, threshold, False)
+    except DatasetError as e:
+        st.info(f"The {DATASET_LABELS.get(name, name)} {split} set is not available here, so this part is skipped. ({e})")
+        if st.button(f"Download {DATASET_LABELS.get(name, name)}", key=f"{key}_{name}_{split}"):
+            try:
+                with st.spinner("Downloading…"):
+                    return _dataset(name, split, threshold, True)
+            except DatasetError as e2:
+                st.error(f"Download failed: {e2}")
+        return None
+
+
+@st.cache_resource(max_entries=8, show_spinner="Encoding the data…")
+def _codes(model_key: tuple, _model: LatentEBM, name: str, split: str, threshold: float, limit: int) -> torch.Tensor:
+    images, _ = _dataset(name, split, threshold, False)
+    return _model.encode(images[:limit])
+
+
+def data_codes(loaded: LoadedModel, split: str, limit: int, message: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(codes, labels, images) of the first `limit` images of a split of the model's dataset, or None."""
+    data = dataset_or_message(loaded.dataset, split, loaded.threshold, key=f"fetch_{split}") if message else None
+    if data is None and not message:
+        try:
+            data = _dataset(loaded.dataset, split, loaded.threshold, False)
+        except DatasetError:
+            return None
+    if data is None:
+        return None
+    images, labels = data
+    codes = _codes(loaded.key, loaded.model, loaded.dataset, split, loaded.threshold, limit)
+    return codes, labels[:limit], images[:limit]
+
+
+# ---- sampling and landscape -----------------------------------------------------------------
+def _progress_callback(total: int) -> tuple[Callable[[int], None], Any]:
+    bar = st.progress(0.0, text=f"Langevin step 0 / {total}")
+    every = max(1, total // 50)
+
+    def update(step: int) -> None:
+        if step % every == 0 or step == total:
+            bar.progress(step / total, text=f"Langevin step {step:,} / {total:,}")
+
+    return update, bar
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _sample_view(model_key: tuple, settings: tuple, _model: LatentEBM, _data_codes: torch.Tensor | None, with_progress: bool) -> SampleView:
+    s = SampleSettings(*settings)
+    if not with_progress:
+        return sample_view(_model, s, _data_codes)
+    update, bar = _progress_callback(s.num_steps)
+    view = sample_view(_model, s, _data_codes, callback=update)
+    bar.empty()
+    return view
+
+
+def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes: torch.Tensor | None = None) -> SampleView:
+    """Run (or fetch from the cache) a sampling request; heavy requests show a progress bar.
+
+    Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
+    """
+    s = settings.validate()
+    key = (s.sampler, float(s.step_size), int(s.num_steps), int(s.num_chains), int(s.record_every), s.start, int(s.seed))
+    heavy = s.num_chains * s.num_steps > QUICK_CHAIN_STEPS
+    with st.spinner("Sampling…") if not heavy else contextlib.nullcontext():
+        return _sample_view(loaded.key, key, loaded.model, data_codes if s.start == "data" else None, heavy)
+
+
+@st.cache_data(max_entries=8, show_spinner="Integrating exp(-E) over the 4-D grid…")
+def cached_marginals(model_key: tuple, _model: LatentEBM, extent: float = 5.0) -> Marginals:
+    return marginal_densities(_model, extent=extent)
+
+
+# ---- pictures -----------------------------------------------------------------------------------
+def digit_picture(pixels: np.ndarray | torch.Tensor, scale: int = 4) -> np.ndarray:
+    """One (784,) digit as a uint8 picture, scaled up."""
+    return image_grid(np.asarray(pixels).reshape(1, 784), ncols=1, pad=0, scale=scale)
+
+
+def strip_picture(images: np.ndarray | torch.Tensor, scale: int = 2) -> np.ndarray:
+    """A row of digits as one picture."""
+    images = np.asarray(images).reshape(-1, 784)
+    return image_grid(images, ncols=len(images), scale=scale)
+
+
+def download_run_button(path: Path, label: str = "Download weights", key: str | None = None) -> None:
+    """A download button for a weights file, read only when clicked."""
+    st.download_button(label, data=lambda: Path(path).read_bytes(), file_name=f"{Path(path).parent.name}.safetensors",
+                       mime="application/octet-stream", key=key, on_click="ignore",
+                       icon=":material/download:")
