@@ -37,11 +37,12 @@ class TrainConfig:
     ae_latent_noise: float = 0.1  # std of the noise added to codes while training the decoder
     ae_code_penalty: float = 1.0  # weight of |z|^2/2: with the noise, a fixed-variance VAE
     # stage 2: energy net
-    ebm_hidden_dim: int = 64
+    ebm_hidden_dim: int = 128
     ebm_layers: int = 3
     ebm_tilt_sigma: float = 3.0
-    ebm_iterations: int = 3000
+    ebm_iterations: int = 12000
     ebm_batch_size: int = 256
+    negatives_per_datapoint: int = 1  # persistent chains advanced per data code each iteration
     ebm_lr: float = 1e-3
     ebm_train_images: int | None = None  # None: every training image's code
     sampler: str = "mala"
@@ -50,14 +51,14 @@ class TrainConfig:
     target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
     buffer_size: int = 10_000
     reinit_prob: float = 0.05
-    energy_reg: float = 0.1  # alpha * (E+^2 + E-^2) keeps energies near zero
+    energy_reg: float = 0.01  # alpha * (E+^2 + E-^2) keeps energies near zero
     grad_clip: float = 1.0
     negatives_every: int = 0  # decode a few negatives into events every N iterations (0: never)
 
     def validate(self) -> "TrainConfig":
         positive = {k: getattr(self, k) for k in (
             "ae_hidden_dim", "latent_dim", "ae_batch_size", "ebm_hidden_dim", "ebm_layers",
-            "ebm_iterations", "ebm_batch_size", "mcmc_steps", "buffer_size")}
+            "ebm_iterations", "ebm_batch_size", "negatives_per_datapoint", "mcmc_steps", "buffer_size")}
         for name, value in positive.items():
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
@@ -159,7 +160,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
     good_state, good_opt, rollbacks = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()), 0
     for it in range(1, cfg.ebm_iterations + 1):
         data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
-        indices, init = buffer.draw(cfg.ebm_batch_size, cfg.reinit_prob)
+        indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
         energy.eval()
         sampler = build_sampler(cfg.sampler, energy.energy_and_grad, step_size, gen)
         chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps)
