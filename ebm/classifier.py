@@ -85,7 +85,7 @@ def accuracy(model: MnistClassifier, images: torch.Tensor, labels: torch.Tensor)
 def train_classifier(
     train_images: torch.Tensor,
     train_labels: torch.Tensor,
-    epochs: int = 4,
+    epochs: int = 6,
     batch_size: int = 128,
     lr: float = 3e-3,
     seed: int = 0,
@@ -178,7 +178,7 @@ def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassif
 
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)

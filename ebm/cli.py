@@ -17,8 +17,10 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from .classifier import add_train_classifier_arguments, run_train_classifier
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, save_model
 from .data import DATASETS, DatasetError, default_data_dir, load_binarized
+from .evaluation import add_evaluate_arguments, run_evaluate
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .training import TrainConfig, build_model, run_metadata, train
@@ -169,14 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train the autoencoder and the energy net"))
     add_sample_arguments(sub.add_parser("sample", help="draw digits by Langevin dynamics"))
-    try:
-        from .evaluation import add_evaluate_arguments
-        from .classifier import add_train_classifier_arguments
-    except ImportError:  # evaluation extras not installed
-        pass
-    else:
-        add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
-        add_train_classifier_arguments(sub.add_parser("train-classifier", help="retrain the MNIST classifier used by the metrics"))
+    add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
+    add_train_classifier_arguments(sub.add_parser("train-classifier", help="retrain the MNIST classifier used by the metrics"))
     return parser
 
 
@@ -187,10 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "sample":
         run_sample(args)
     elif args.command == "evaluate":
-        from .evaluation import run_evaluate
         run_evaluate(args)
     elif args.command == "train-classifier":
-        from .classifier import run_train_classifier
         run_train_classifier(args)
 
 

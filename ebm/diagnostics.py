@@ -119,4 +119,4 @@ def marginal_w1_noise(edges: np.ndarray, mass: np.ndarray, n: int) -> float:
     """
     x = np.linspace(edges[0], edges[-1], 20 * len(mass) + 1)
     f = _grid_cdf(edges, mass)(x)
-    return float(np.trapezoid(np.sqrt(2 * f * (1 - f) / (math.pi * n)), x))
+    return float(np.trapezoid(np.sqrt(np.clip(2 * f * (1 - f), 0, None) / (math.pi * n)), x))
