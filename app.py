@@ -3,16 +3,14 @@
 This file only routes; each page lives in pages/ and computes through the `ebm` package.
 """
 
-import os
-
 import streamlit as st
-import torch
 
-# The samplers push small batches through small matrices: one thread is the fastest, and it
-# keeps a page responsive on a busy machine (more threads spin-wait for each other when the
-# cores are shared, which made 64 chains × 1000 steps take seconds instead of 0.2 s).
-# The background training shares this setting. EBM_TORCH_THREADS overrides it.
-torch.set_num_threads(max(1, int(os.environ.get("EBM_TORCH_THREADS", "1"))))
+import widgets
+
+# One torch thread (or $EBM_TORCH_THREADS): see widgets.configure_torch_threads. The background
+# training shares the setting. Pages call it again (widgets.ensure_router): every script run
+# has its own thread, and OpenMP keeps the limit per thread.
+widgets.configure_torch_threads()
 
 st.set_page_config(page_title="mnist-ebm · digits from an energy landscape", page_icon=":material/blur_on:", layout="wide")
 

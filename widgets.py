@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -26,11 +28,11 @@ import torch
 
 from ebm import runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
-from ebm.data import DatasetError, load_binarized
+from ebm.data import DatasetError, default_data_dir, load_binarized
 from ebm.generate import SampleSettings
 from ebm.images import image_grid
 from ebm.landscape import Marginals, marginal_densities
-from ebm.limits import QUICK_CHAIN_STEPS
+from ebm.limits import QUICK_CHAIN_STEPS, check_request_size, sync_torch_threads
 from ebm.models import LatentEBM
 from ebm.render import SampleView, sample_view
 
@@ -38,6 +40,47 @@ MAX_UI_SEED = 2**31 - 1  # browsers keep integers exact only up to 2**53; 2**31 
 SHIPPED = "shipped"
 UPLOAD_PREFIX = "upload:"
 DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
+# ---- routing -------------------------------------------------------------------------------------
+def configure_torch_threads() -> int:
+    """One torch thread (or $EBM_TORCH_THREADS) for this process and the calling script thread.
+
+    The samplers push small batches through small matrices: one thread is the fastest, and it
+    keeps pages responsive on a busy machine, where more threads spin-wait for each other.
+    Streamlit runs each script run in its own thread, so this is called on every run.
+    """
+    try:
+        n = max(1, int(os.environ.get("EBM_TORCH_THREADS", "1")))
+    except ValueError:
+        n = 1
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return sync_torch_threads()
+
+
+def ensure_router() -> None:
+    """Make sure this page runs under app.py's `st.navigation`; call it first thing on every page.
+
+    Streamlit keeps a legacy mode for apps with a `pages/` folder next to the main script: on a
+    fresh server whose first visitor opens a page URL directly (e.g. a shared /sample?... link),
+    it runs that page file alone, without app.py's page config, thread setting and navigation
+    menu, until some session runs app.py. Switching that mode off and rerunning lets app.py
+    route the same URL (page url_paths equal the file names, so the page is found again).
+    Only a session's first run is rerun: that is a page load, so no button click is lost
+    (AppTest re-enables the mode before every run, clicks included).
+    """
+    configure_torch_threads()
+    first_run = not st.session_state.get("_router_checked")
+    st.session_state["_router_checked"] = True
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        if first_run:
+            st.rerun()
 
 
 # ---- query parameters ---------------------------------------------------------------------------
@@ -88,7 +131,7 @@ def url_to_state(params: Sequence[Param], page: str) -> list[str]:
     """On a page's first run in this session, copy valid URL values into the widgets' state.
 
     Every param's widget key gets its default if it has no value yet. Returns the messages
-    about URL values that were clamped or ignored (also kept for the page's later reruns).
+    about URL values that were clamped or ignored, until the user changes one of the settings.
     """
     flag = f"_url_loaded_{page}"
     if not st.session_state.get(flag):
@@ -105,11 +148,19 @@ def url_to_state(params: Sequence[Param], page: str) -> list[str]:
     for p in params:
         if p.key not in st.session_state:
             st.session_state[p.key] = p.default
+    # the messages stay until the user changes one of these settings
+    current = tuple(st.session_state[p.key] for p in params)
+    snapshot = st.session_state.setdefault(f"_url_snapshot_{page}", current)
+    if current != snapshot:
+        st.session_state[f"_url_messages_{page}"] = []
     return st.session_state.get(f"_url_messages_{page}", [])
 
 
-def state_to_url(params: Sequence[Param]) -> None:
-    """Write the widgets' current values into the URL (only those that changed)."""
+def state_to_url(params: Sequence[Param], keep: Sequence[str] = ("model",)) -> None:
+    """Write the widgets' current values into the URL; drop parameters that belong to other pages."""
+    names = {p.name for p in params} | set(keep)
+    for stale in [k for k in st.query_params if k not in names]:
+        del st.query_params[stale]
     for p in params:
         value = st.session_state.get(p.key, p.default)
         text = f"{value:g}" if isinstance(value, float) else str(value)
@@ -141,7 +192,7 @@ def seed_input(param: Param, label: str = "Seed", resample_label: str = "Resampl
     def new_seed() -> None:
         st.session_state[param.key] = random.randint(int(param.lo), int(param.hi))
 
-    col_seed, col_button = st.columns([3, 2], vertical_alignment="bottom")
+    col_seed, col_button = st.columns([1, 1], vertical_alignment="bottom")
     with col_button:
         st.button(resample_label, icon=":material/casino:", on_click=new_seed, help="Draw again with a new random seed", width="stretch")
     with col_seed:
@@ -239,11 +290,16 @@ def model_picker() -> LoadedModel:
             return "Shipped (MNIST, 4-D)"
         if choice.startswith(UPLOAD_PREFIX):
             return f"Uploaded: {uploads[choice[len(UPLOAD_PREFIX):]][0]}"
-        return f"Run {runs[choice].label} · {DATASET_LABELS.get(runs[choice].dataset, runs[choice].dataset)}"
+        return f"Run {choice}"
 
     with st.sidebar:
-        choice = st.selectbox("Model", options, format_func=label, key="model_choice",
+        choice = st.selectbox("Model", options, format_func=label, key="model_choice", persist_state="session",
                               help="The shipped weights, runs trained on the Train page (saved under runs/), or your own file")
+        if choice in runs:
+            run = runs[choice]
+            cfg = run.extra.get("train_config", {})
+            st.caption(f"{DATASET_LABELS.get(run.dataset, run.dataset)} · {cfg.get('ae_epochs', '?')} epochs, "
+                       f"{cfg.get('ebm_iterations', '?')} iterations" + (" · stopped early" if run.extra.get("stopped_early") else ""))
         with st.expander("Use your own weights"):
             st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload", on_change=_on_upload,
                              help="A file saved by this app or `python -m ebm train`")
@@ -279,8 +335,13 @@ def model_picker() -> LoadedModel:
 
 # ---- data ---------------------------------------------------------------------------------------
 @st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
+def _load_dataset(name: str, split: str, threshold: float, download: bool, data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return load_binarized(name, split, data_dir=data_dir, threshold=threshold, download=download)
+
+
 def _dataset(name: str, split: str, threshold: float, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return load_binarized(name, split, data_dir=None, threshold=threshold, download=download)
+    """A split from the data directory ($EBM_DATA_DIR or data/), cached per directory."""
+    return _load_dataset(name, split, threshold, download, str(default_data_dir().resolve()))
 
 
 def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str = "fetch") -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -299,23 +360,21 @@ def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str =
 
 
 @st.cache_resource(max_entries=8, show_spinner="Encoding the data…")
-def _codes(model_key: tuple, _model: LatentEBM, name: str, split: str, threshold: float, limit: int) -> torch.Tensor:
-    images, _ = _dataset(name, split, threshold, False)
+def _codes(model_key: tuple, _model: LatentEBM, name: str, split: str, threshold: float, limit: int, data_dir: str) -> torch.Tensor:
+    images, _ = _load_dataset(name, split, threshold, False, data_dir)
     return _model.encode(images[:limit])
 
 
-def data_codes(loaded: LoadedModel, split: str, limit: int, message: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(codes, labels, images) of the first `limit` images of a split of the model's dataset, or None."""
-    data = dataset_or_message(loaded.dataset, split, loaded.threshold, key=f"fetch_{split}") if message else None
-    if data is None and not message:
-        try:
-            data = _dataset(loaded.dataset, split, loaded.threshold, False)
-        except DatasetError:
-            return None
+def data_codes(loaded: LoadedModel, split: str, limit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(codes, labels, images) of the first `limit` images of a split of the model's dataset.
+
+    None (after showing why, with a download button) when the dataset is not on disk.
+    """
+    data = dataset_or_message(loaded.dataset, split, loaded.threshold, key=f"fetch_{split}")
     if data is None:
         return None
     images, labels = data
-    codes = _codes(loaded.key, loaded.model, loaded.dataset, split, loaded.threshold, limit)
+    codes = _codes(loaded.key, loaded.model, loaded.dataset, split, loaded.threshold, limit, str(default_data_dir().resolve()))
     return codes, labels[:limit], images[:limit]
 
 
@@ -332,8 +391,9 @@ def _progress_callback(total: int) -> tuple[Callable[[int], None], Any]:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def _sample_view(model_key: tuple, settings: tuple, _model: LatentEBM, _data_codes: torch.Tensor | None, with_progress: bool) -> SampleView:
-    s = SampleSettings(*settings)
+def _sample_view(model_key: tuple, settings: tuple, data_key: str | None, _model: LatentEBM, _data_codes: torch.Tensor | None,
+                 with_progress: bool) -> SampleView:
+    s = SampleSettings(**dict(settings))
     if not with_progress:
         return sample_view(_model, s, _data_codes)
     update, bar = _progress_callback(s.num_steps)
@@ -348,10 +408,12 @@ def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes
     Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
     """
     s = settings.validate()
-    key = (s.sampler, float(s.step_size), int(s.num_steps), int(s.num_chains), int(s.record_every), s.start, int(s.seed))
+    check_request_size(s.num_chains, s.num_steps)  # before any progress bar is drawn
+    key = tuple(sorted(s.as_dict().items()))
+    data_key = str(default_data_dir().resolve()) if s.start == "data" else None  # the start codes come from there
     heavy = s.num_chains * s.num_steps > QUICK_CHAIN_STEPS
     with st.spinner("Sampling…") if not heavy else contextlib.nullcontext():
-        return _sample_view(loaded.key, key, loaded.model, data_codes if s.start == "data" else None, heavy)
+        return _sample_view(loaded.key, key, data_key, loaded.model, data_codes if s.start == "data" else None, heavy)
 
 
 @st.cache_data(max_entries=8, show_spinner="Integrating exp(-E) over the 4-D grid…")

@@ -18,17 +18,31 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .checkpoint import save_model
 from .data import DatasetError, load_binarized
-from .runs import WEIGHTS_NAME, check_runs_dir, default_runs_dir, new_run_dir, write_history
-from .training import DivergenceError, TrainConfig, build_model, run_metadata, standardize_codes, train
+from .limits import sync_torch_threads
+from .runs import (
+    WEIGHTS_NAME,
+    check_runs_dir,
+    default_runs_dir,
+    new_run_dir,
+    write_history,
+)
+from .training import (
+    DivergenceError,
+    TrainConfig,
+    build_model,
+    run_metadata,
+    standardize_codes,
+    train,
+)
 
 DataLoader = Callable[[str, str, float], tuple[torch.Tensor, torch.Tensor]]
 """(dataset, split, threshold) -> (binarized float images (N, 784), labels (N,))."""
@@ -114,7 +128,8 @@ class TrainingJob:
         self._started_at = time.time()
         self._t0 = time.monotonic()
         self._ended: float | None = None
-        self._stage_t0: dict[str, float] = {}
+        self._stage_t0: dict[str, float] = {}  # when each stage began (end of the previous stage's work)
+        self._work_t0: float | None = None  # when training began (after the data was loaded)
         self._thread = threading.Thread(target=self._run, name=f"ebm-train-{self.id}", daemon=True)
 
     # ---- control -------------------------------------------------------------------------
@@ -172,7 +187,9 @@ class TrainingJob:
     def _record(self, ev) -> None:
         now = time.monotonic()
         with self._lock:
-            self._stage_t0.setdefault(ev.stage, now)
+            if ev.stage not in self._stage_t0:
+                previous = [e["time"] for e in self._events]
+                self._stage_t0[ev.stage] = self._t0 + previous[-1] if previous else (self._work_t0 or self._t0)
             self._events.append({
                 "stage": ev.stage, "step": int(ev.step), "total_steps": int(ev.total_steps),
                 "epoch": int(ev.epoch), "stage_elapsed": float(ev.elapsed), "time": now - self._t0,
@@ -188,6 +205,7 @@ class TrainingJob:
         cfg = self.cfg
         model = None
         train_x = None
+        sync_torch_threads()  # this thread would otherwise use every core, whatever the process set
         try:
             self._set_state("loading data")
             train_x, _ = self._data_loader(cfg.dataset, "train", cfg.threshold)
@@ -196,6 +214,7 @@ class TrainingJob:
                 self._finish("stopped", None, None)
                 return
             self._set_state("training")
+            self._work_t0 = time.monotonic()
             model = build_model(cfg)
             events = train(model, train_x, test_x, cfg)
             try:
@@ -214,7 +233,7 @@ class TrainingJob:
         except ValueError as e:
             self._finish("failed", None, f"Invalid configuration: {e}")
             return
-        except Exception as e:  # anything else: keep the server alive, show what happened
+        except Exception as e:  # noqa: BLE001 -- anything else: keep the server alive, show what happened
             self._finish("failed", None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
             return
         self._save(model, train_x)
@@ -240,7 +259,7 @@ class TrainingJob:
             path = save_model(model.cpu(), run_dir / WEIGHTS_NAME, extra)
             write_history(run_dir, {"config": asdict(cfg), "events": snap.events, "messages": snap.messages,
                                     "stopped_early": stopped})
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- report it on the page instead of losing the thread
             self._finish("failed", None, f"Could not save the run: {type(e).__name__}: {e}")
             return
         self._finish("stopped" if stopped else "finished", path, None)

@@ -14,8 +14,8 @@ accept a `LatentEBM` or a bare `EnergyNet`, and return numpy arrays ready to plo
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -179,7 +179,7 @@ class Marginals:
 
 def grid_resolution(d: int, max_points: int = MAX_GRID_POINTS, cap: int = 32) -> int:
     """The finest resolution n with n**d <= max_points (and n <= cap)."""
-    n = min(cap, int(math.floor(max_points ** (1.0 / d) + 1e-9)))
+    n = min(cap, math.floor(max_points ** (1.0 / d) + 1e-9))
     while n**d > max_points:
         n -= 1
     return n

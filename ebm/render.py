@@ -9,15 +9,21 @@ web cache can pickle it and a test can inspect it.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
-from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, frame_indices
+from .limits import (
+    MAX_GIF_CHAINS,
+    MAX_GIF_FRAMES,
+    check_request_size,
+    frame_indices,
+    sync_torch_threads,
+)
 from .models import LatentEBM
 from .sampling import ChainResult
 
@@ -107,5 +113,6 @@ def sample_view(
     """
     settings.validate()
     check_request_size(settings.num_chains, settings.num_steps)
+    sync_torch_threads()  # callers are often threads other than the one that configured torch
     result = sample_chains(model, settings, data_codes, callback=callback)
     return render_samples(model, result, settings)

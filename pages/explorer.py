@@ -11,7 +11,15 @@ from plotly.subplots import make_subplots
 
 import widgets
 from ebm.generate import SampleSettings
-from ebm.landscape import energies, energy_slice, histogram_density, interpolate, slice_code
+from ebm.landscape import (
+    energies,
+    energy_slice,
+    histogram_density,
+    interpolate,
+    slice_code,
+)
+
+widgets.ensure_router()
 
 EXTENT = 4.0
 RESOLUTION = 101
@@ -19,11 +27,18 @@ CLICK_GRID = 41  # invisible points that make every part of the slice clickable
 SCATTER_CODES = 3000
 TEST_CODES = 10_000
 FIXED_RANGE = 3.0
-PATHS = SampleSettings("mala", 0.3, 80, 5, 1, "noise", 0)  # a few short chains from noise: ○ start, × end
+# a few short chains from noise, drawn over the slice: ○ start, × end
+PATHS = SampleSettings(sampler="mala", step_size=0.3, num_steps=80, num_chains=5, record_every=1, start="noise", seed=0)
 
 loaded = widgets.model_picker()
 d = loaded.model.latent_dim
+st.title("Latent explorer")
+if d < 2:
+    st.error("This model has a 1-D latent space: there is no plane to slice.")
+    st.stop()
 pairs = [f"{i}-{j}" for i, j in combinations(range(d), 2)]
+if st.session_state.get("x_pair") not in (None, *pairs):  # another model, with another latent dimension
+    del st.session_state["x_pair"]
 PARAMS = [
     widgets.Param("pair", "x_pair", pairs[0], choices=tuple(pairs)),
     widgets.Param("view", "x_view", "energy", choices=("energy", "density")),
@@ -32,13 +47,14 @@ PARAMS = [
 P = {p.name: p for p in PARAMS}
 url_messages = widgets.url_to_state(PARAMS, "explorer")
 
-st.title("Latent explorer")
 st.caption(f"The energy E(z) of the model lives on a {d}-D space of standardized codes. "
            "Pick two dimensions to see a slice through it; the other dimensions stay at the values you set.")
 widgets.show_url_messages(url_messages)
-if d < 2:
-    st.error("This model has a 1-D latent space: there is no plane to slice.")
-    st.stop()
+
+test = widgets.data_codes(loaded, "test", TEST_CODES)  # None (with a message) when the test set is missing
+codes = labels = images = None
+if test is not None:
+    codes, labels, images = (t.numpy() for t in test)
 
 controls, plot_col, digit_col = st.columns([1, 2.6, 1], gap="medium")
 with controls:
@@ -57,12 +73,6 @@ fixed = [float(st.session_state[P[f"z{k}"].key]) for k in range(d)]
 sl = energy_slice(loaded.model, (i, j), fixed, EXTENT, RESOLUTION)
 view_kind = st.session_state[P["view"].key]
 z_values = sl.energy if view_kind == "energy" else sl.density
-
-with digit_col:
-    test = widgets.data_codes(loaded, "test", TEST_CODES)
-codes = labels = images = None
-if test is not None:
-    codes, labels, images = (t.numpy() for t in test)
 
 paths_view = None
 if show_paths:
@@ -142,10 +152,10 @@ with digit_col:
     code_tensor = torch.as_tensor(np.asarray(picked_code, dtype=np.float32))[None]
     decoded = loaded.model.decode(code_tensor)[0].numpy()
     energy_here = float(energies(loaded.model, code_tensor)[0])
-    st.image(widgets.digit_picture(decoded, scale=6), caption=picked_title, width="stretch")
+    st.image(widgets.digit_picture(decoded, scale=6), caption=picked_title, width="stretch", output_format="PNG")
     st.caption(f"E = {energy_here:.3f} · code = ({', '.join(f'{v:.2f}' for v in np.asarray(picked_code))})")
     if picked_original is not None:
-        st.image(widgets.digit_picture(picked_original, scale=3), caption="the test image itself", width=100)
+        st.image(widgets.digit_picture(picked_original, scale=3), caption="the test image itself", width=100, output_format="PNG")
 
 # ---- interpolation ----------------------------------------------------------------------------
 st.divider()
@@ -168,7 +178,7 @@ with left:
     steps = st.slider("Points on the path", 3, 24, 12, key="x_interp_steps")
 path = interpolate(loaded.model, start, end, steps)
 with right:
-    st.image(widgets.strip_picture(path.images, scale=2), caption=f"Straight line in code space: {what}",
+    st.image(widgets.strip_picture(path.images, scale=2), caption=f"Straight line in code space: {what}", output_format="PNG",
              width="stretch")
     fig = go.Figure(go.Scatter(x=path.alphas, y=path.energies, mode="lines+markers"))
     fig.update_layout(height=230, margin=dict(l=10, r=10, t=30, b=10), title="Energy along the path",

@@ -5,6 +5,8 @@ import streamlit as st
 import widgets
 from ebm.generate import SampleSettings
 
+widgets.ensure_router()
+
 st.title("Digits from an energy landscape")
 st.caption("An energy-based model of MNIST in the 4-D latent space of a small autoencoder, sampled by Langevin dynamics.")
 
@@ -18,7 +20,7 @@ with demo:
                                f"(ε = {settings.step_size}), decoded every {settings.record_every} steps",
              width="stretch")
     with st.expander("Final grid"):
-        st.image(view.final_grid, caption="The same chains after the last step", width="stretch")
+        st.image(view.png, caption="The same chains after the last step", width="stretch")
     st.page_link("pages/sample.py", label="Make your own on the Sample page", icon=":material/auto_awesome:")
     st.page_link("pages/explorer.py", label="Walk the landscape in the Latent explorer", icon=":material/explore:")
     st.page_link("pages/train.py", label="Train your own model", icon=":material/model_training:")
@@ -48,12 +50,10 @@ with idea:
     st.latex(r"z \leftarrow z - \frac{\varepsilon^2}{2}\,\nabla_z E_\theta(z) + \varepsilon\,\xi, \qquad \xi \sim \mathcal{N}(0, I)")
     st.markdown(
         "This unadjusted Langevin algorithm (ULA) is slightly biased for any finite $\\varepsilon$. "
-        "**MALA** makes it exact: the step $z \\to z'$ is a proposal, accepted with the Metropolis–Hastings probability"
+        "**MALA** makes it exact: the step $z \\to z'$ is a proposal $q$, accepted with the Metropolis–Hastings probability"
     )
-    st.latex(
-        r"\alpha = \min\!\left(1,\; \frac{e^{-E(z')}\, q(z \mid z')}{e^{-E(z)}\, q(z' \mid z)}\right), \qquad "
-        r"q(z' \mid z) = \mathcal{N}\!\left(z';\, z - \tfrac{\varepsilon^2}{2}\nabla E(z),\; \varepsilon^2 I\right)"
-    )
+    st.latex(r"\alpha = \min\!\left(1,\; \frac{e^{-E(z')}\, q(z \mid z')}{e^{-E(z)}\, q(z' \mid z)}\right)")
+    st.latex(r"q(z' \mid z) = \mathcal{N}\!\left(z';\; z - \tfrac{\varepsilon^2}{2}\nabla E(z),\; \varepsilon^2 I\right)")
     st.markdown("so that $p_\\theta$ is exactly invariant; the acceptance rate tells you whether $\\varepsilon$ is too large.")
 
     st.subheader("Why a 4-D latent space")

@@ -7,6 +7,8 @@ import widgets
 from ebm.generate import STARTS, SampleSettings
 from ebm.limits import MAX_APP_CHAINS, RequestTooLarge
 
+widgets.ensure_router()
+
 DEFAULTS = SampleSettings()
 PARAMS = [
     widgets.Param("sampler", "s_sampler", DEFAULTS.sampler, choices=("mala", "ula")),
@@ -41,18 +43,17 @@ with controls:
 widgets.state_to_url(PARAMS)
 
 s = st.session_state
-settings = SampleSettings(s.s_sampler, float(s.s_eps), int(s.s_steps), int(s.s_chains), int(s.s_every), s.s_start, int(s.s_seed))
-data_codes = None
-if settings.start == "data":
-    with controls:
-        found = widgets.data_codes(loaded, "train", DATA_CODES_LIMIT)
-    if found is None:
-        st.info("Starting from noise instead of data codes.")
-        settings.start = "noise"
-    else:
-        data_codes = found[0]
-
+settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps), num_chains=int(s.s_chains),
+                          record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
 with output:
+    data_codes = None
+    if settings.start == "data":
+        found = widgets.data_codes(loaded, "train", DATA_CODES_LIMIT)
+        if found is None:
+            st.info("Starting from noise instead of data codes.")
+            settings.start = "noise"
+        else:
+            data_codes = found[0]
     try:
         view = widgets.cached_sample_view(loaded, settings, data_codes)
     except RequestTooLarge as e:
@@ -64,11 +65,12 @@ with output:
 
     anim, final = st.columns(2)
     with anim:
-        st.image(view.gif, caption=f"{view.gif_chains} chains over {view.steps_done} steps ({view.gif_frames} frames)",
+        shown = f"{view.gif_chains} chains" if view.gif_chains == view.num_chains else f"the first {view.gif_chains} chains"
+        st.image(view.gif, caption=f"{shown} over {view.steps_done} steps ({view.gif_frames} frames)",
                  width="stretch")
         st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
     with final:
-        st.image(view.final_grid, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch")
+        st.image(view.png, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch")
         st.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png", on_click="ignore")
 
     traces, accept = st.columns([3, 2])
@@ -87,7 +89,7 @@ with output:
             st.metric("Mean MALA acceptance", f"{view.mean_acceptance:.1%}",
                       help="About 57% is optimal for MALA; much lower means ε is too large")
             fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
-            fig.update_layout(title="Acceptance probability (mean over chains)", xaxis_title="step",
+            fig.update_layout(title="Acceptance (mean over chains)", xaxis_title="step",
                               yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))
             st.plotly_chart(fig, key="acceptance")
         else:

@@ -5,7 +5,7 @@ import time
 import uuid
 from dataclasses import fields
 
-import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 import widgets
@@ -13,6 +13,8 @@ from ebm import jobs, runs
 from ebm.data import DATASETS
 from ebm.images import image_grid
 from ebm.training import TrainConfig
+
+widgets.ensure_router()
 
 DEFAULTS = TrainConfig(negatives_every=50)
 
@@ -96,14 +98,21 @@ def config_form(disabled: bool) -> TrainConfig | None:
 def fmt_seconds(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def long_frame(events: list[dict], keys: dict[str, str]) -> pd.DataFrame:
-    """Events -> (step, value, series) rows for the named losses present."""
-    rows = [(e["step"], e["losses"][k], label) for e in events for k, label in keys.items() if k in e["losses"]]
-    return pd.DataFrame(rows, columns=["step", "value", "series"])
+def loss_chart(events: list[dict], keys: dict[str, str], title: str, key: str) -> None:
+    """A plotly chart of the named losses over steps; sparse series (one point per epoch) get markers."""
+    fig = go.Figure()
+    for k, label in keys.items():
+        points = [(e["step"], e["losses"][k]) for e in events if k in e["losses"]]
+        if points:
+            x, y = zip(*points)
+            fig.add_scatter(x=x, y=y, name=label, mode="lines+markers" if len(points) <= 30 else "lines")
+    fig.update_layout(title=dict(text=title, font=dict(size=13)), height=230, margin=dict(l=10, r=10, t=35, b=10),
+                      xaxis_title="step", showlegend=len(keys) > 1, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+    st.plotly_chart(fig, key=key)
 
 
 def show_live(snap: jobs.JobSnapshot) -> None:
@@ -116,11 +125,11 @@ def show_live(snap: jobs.JobSnapshot) -> None:
     head[2].metric("Stage remaining", fmt_seconds(snap.stage_remaining) if snap.active else "—",
                    help="Estimated from this stage's rate so far")
     with head[3]:
-        if snap.active:
-            if st.button("Stop", icon=":material/stop:", key="stop_training", disabled=snap.state in ("stopping", "saving"),
-                         help="Stop after the current step and save what was trained as a new run"):
-                jobs.get_job(snap.id).stop()
-                st.rerun(scope="fragment")
+        if snap.active and st.button("Stop", icon=":material/stop:", key="stop_training",
+                                     disabled=snap.state in ("stopping", "saving"),
+                                     help="Stop after the current step and save what was trained as a new run"):
+            jobs.get_job(snap.id).stop()
+            st.rerun(scope="fragment")
 
     p1 = snap.progress.get("autoencoder", 0.0)
     p2 = snap.progress.get("energy", 0.0)
@@ -138,28 +147,18 @@ def show_live(snap: jobs.JobSnapshot) -> None:
     with charts:
         c1, c2 = st.columns(2)
         with c1:
-            st.caption("Autoencoder BCE per image (nats)")
-            if ae:
-                st.line_chart(long_frame(ae, {"train_bce": "train", "test_bce": "test"}), x="step", y="value",
-                              color="series", height=220)
+            loss_chart(ae, {"train_bce": "train", "test_bce": "test"}, "Autoencoder BCE per image (nats)", "chart_ae")
         with c2:
-            st.caption("Contrastive loss  E(data) − E(negatives)")
-            if en:
-                st.line_chart(long_frame(en, {"cd_loss": "cd loss"}), x="step", y="value", height=220)
+            loss_chart(en, {"cd_loss": "E(data) − E(negatives)"}, "Contrastive loss", "chart_cd")
         c3, c4 = st.columns(2)
         with c3:
-            st.caption("Mean energy: data vs negatives")
-            if en:
-                st.line_chart(long_frame(en, {"energy_data": "data", "energy_negatives": "negatives"}), x="step",
-                              y="value", color="series", height=220)
+            loss_chart(en, {"energy_data": "data", "energy_negatives": "negatives"}, "Mean energy: data vs negatives", "chart_energy")
         with c4:
-            st.caption("Acceptance of the negatives' MALA steps")
-            if en:
-                st.line_chart(long_frame(en, {"acceptance": "acceptance"}), x="step", y="value", height=220)
+            loss_chart(en, {"acceptance": "acceptance"}, "Acceptance of the negatives' Langevin steps", "chart_acc")
     with negs:
         st.caption("Decoded negatives")
         if snap.negatives is not None:
-            st.image(image_grid(snap.negatives, ncols=4, scale=2),
+            st.image(image_grid(snap.negatives > 0.5, ncols=4, scale=2), output_format="PNG",
                      caption=f"iteration {snap.negatives_step}", width="stretch")
         else:
             st.caption("(appear during stage 2)")
@@ -185,6 +184,26 @@ if active and job.owner != me:
     st.info("A training is already running (started in another session or tab). You can watch it below; "
             "a new training can start when it ends.")
 
+
+@st.fragment(run_every=1.0 if active else None)
+def live_panel() -> None:
+    current = jobs.latest_job()
+    if current is None:
+        st.caption("No training yet in this server session. Set the hyperparameters below and press Start; "
+                   "the training runs in the background, so you can switch pages and come back.")
+        return
+    snap = current.snapshot()
+    show_live(snap)
+    if active and not snap.active:  # it just ended: rerun the page to enable Start and list the new run
+        st.rerun()
+
+
+live_panel()
+
+
+st.subheader("New training")
+if active:
+    st.caption("Start is disabled while a training runs: one training at a time per server.")
 cfg = config_form(disabled=active)
 if cfg is not None:
     try:
@@ -196,25 +215,9 @@ if cfg is not None:
     else:
         st.rerun()
 
-
-@st.fragment(run_every=1.0 if active else None)
-def live_panel() -> None:
-    current = jobs.latest_job()
-    if current is None:
-        st.caption("No training yet in this server session. Set the hyperparameters above and press Start; "
-                   "the training runs in the background, so you can switch pages and come back.")
-        return
-    snap = current.snapshot()
-    show_live(snap)
-    if active and not snap.active:  # it just ended: rerun the page to enable Start and list the new run
-        st.rerun()
-
-
-live_panel()
-
 st.divider()
 saved = runs.list_runs()
-with st.expander(f"Saved runs ({len(saved)}) in {runs.default_runs_dir()}", expanded=not active and bool(saved)):
+with st.expander(f"Saved runs ({len(saved)}) in {runs.default_runs_dir()}", expanded=False):
     if not saved:
         st.caption("None yet.")
     for r in saved[:20]:

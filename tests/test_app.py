@@ -1,0 +1,341 @@
+"""The Streamlit app, page by page, with AppTest and the shipped weights.
+
+No MNIST needed: a tiny synthetic dataset in torchvision's raw layout stands in for it
+($EBM_DATA_DIR), and training gets random binary images through the jobs' data loader.
+"""
+
+import base64
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from ebm import jobs, runs
+from ebm.checkpoint import SHIPPED_WEIGHTS
+from ebm.data import RAW_FILES, idx_bytes
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(autouse=True)
+def environment(tmp_path, monkeypatch):
+    """Runs under tmp, an empty data dir, one torch thread, no training left running afterwards."""
+    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("EBM_TORCH_THREADS", "1")
+    monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as app.py does (AppTest runs some pages without app.py, see widgets.ensure_router)
+    yield tmp_path
+    job = jobs.active_job()
+    if job is not None:
+        job.stop()
+        job.join(60)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A 300 + 200 image 'MNIST' of random strokes, in the raw .gz files ebm.data reads."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": (rng.random((300, 28, 28)) < 0.2).astype(np.uint8) * 255,
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 300).astype(np.uint8),
+        "t10k-images-idx3-ubyte": (rng.random((200, 28, 28)) < 0.2).astype(np.uint8) * 255,
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 200).astype(np.uint8),
+    }
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_FILES:
+        (raw / f"{name}.gz").write_bytes(gzip.compress(idx_bytes(arrays[name])))
+    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "data"))
+    return arrays
+
+
+def open_page(page: str | None = None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    if page is not None:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def as_array(value) -> np.ndarray:
+    """A plotly JSON array: a plain list, or a typed array {"dtype", "bdata" (base64), "shape"}."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value, dtype=float)
+
+
+def plotly_spec(at: AppTest, key: str) -> dict:
+    (chart,) = [c for c in at.get("plotly_chart") if c.key == key]
+    return json.loads(chart.proto.spec)
+
+
+# ---- home ------------------------------------------------------------------------------------
+def test_home_explains_and_shows_digits():
+    at = open_page()
+    assert at.title[0].value.startswith("Digits from an energy landscape")
+    latex = " ".join(l.value for l in at.latex)
+    assert "Z_\\theta" in latex and "\\nabla_\\theta" in latex and "\\varepsilon" in latex and "\\min" in latex
+    assert any("64 chains started from noise" in c for c in image_captions(at))
+    assert len(at.image) >= 2  # the animation and the final grid
+
+
+# ---- sample ----------------------------------------------------------------------------------
+def test_sample_page_more_chains_more_images():
+    at = open_page("pages/sample.py")
+    assert any(c.startswith("64 samples after step 500") for c in image_captions(at))
+    assert at.query_params["chains"] == "64" and at.query_params["sampler"] == "mala"
+    assert any("MALA acceptance" in m.label for m in at.metric)
+    at.slider(key="s_chains").set_value(100).run()
+    assert not at.exception
+    assert any(c.startswith("100 samples") for c in image_captions(at))
+    assert any(c.startswith("the first 64 chains") for c in image_captions(at))  # the animation is capped
+    assert at.query_params["chains"] == "100"
+    traces = plotly_spec(at, "energy_traces")
+    assert "mean of 100 chains" in json.dumps(traces)
+
+
+def test_sample_page_ula_and_resample():
+    at = open_page("pages/sample.py")
+    at.segmented_control(key="s_sampler").set_value("ula").run()
+    assert not at.exception and at.query_params["sampler"] == "ula"
+    assert any(m.value == "100%" for m in at.metric)
+    seed = at.number_input(key="s_seed").value
+    [resample] = [b for b in at.button if b.label == "Resample"]
+    resample.click().run()
+    assert not at.exception and at.number_input(key="s_seed").value != seed
+    assert at.query_params["seed"] == str(at.number_input(key="s_seed").value)
+
+
+def test_sample_settings_come_from_the_url_and_bad_values_are_handled():
+    at = open_page("pages/sample.py", {"chains": "9", "K": "40", "eps": "0.3", "sampler": "ula", "seed": "7"})
+    assert at.slider(key="s_chains").value == 9 and at.slider(key="s_steps").value == 40
+    assert any(c.startswith("9 samples after step 40") for c in image_captions(at))
+    assert not at.warning
+    at = open_page("pages/sample.py", {"chains": "100000", "K": "abc", "eps": "nan", "sampler": "hmc", "seed": "-3"})
+    text = at.warning[0].value
+    assert "`chains=100000`" in text and "maximum" in text and "`K=abc`" in text and "`sampler=hmc`" in text
+    assert "`eps=nan`" in text and "`seed=-3`" in text
+    assert at.slider(key="s_chains").value == 1024 and at.slider(key="s_steps").value == 500
+    assert at.number_input(key="s_seed").value == 0
+    at.slider(key="s_chains").set_value(8).run()  # once the user changes a setting, the note goes
+    assert not at.exception and not at.warning and at.query_params["chains"] == "8"
+
+
+def test_sample_page_refuses_oversized_requests_clearly():
+    at = open_page("pages/sample.py", {"chains": "1024", "K": "5000"})
+    assert any("too large" in w.value and "K ≤ 1,953" in w.value for w in at.warning)
+    assert not at.image and not at.get("progress")
+
+
+def test_sample_from_data_codes_falls_back_without_data():
+    at = open_page("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})
+    assert any("not available here" in i.value for i in at.info)
+    assert any("Starting from noise" in i.value for i in at.info)
+    assert any(c.startswith("4 samples") for c in image_captions(at))
+
+
+def test_sample_from_data_codes(tiny_mnist):
+    at = open_page("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})
+    assert not at.info and any(c.startswith("4 samples") for c in image_captions(at))
+
+
+# ---- model picker ----------------------------------------------------------------------------
+def test_a_bad_upload_keeps_the_previous_model():
+    at = open_page("pages/sample.py")
+    at.file_uploader(key="model_upload").upload("broken.safetensors", b"definitely not weights").run()
+    assert not at.exception
+    assert any("cannot be used" in e.value and "broken.safetensors" in e.value for e in at.sidebar.error)
+    assert at.selectbox(key="model_choice").value == "shipped"
+    assert any(c.startswith("64 samples") for c in image_captions(at))
+
+
+def test_a_good_upload_is_selected():
+    at = open_page("pages/sample.py")
+    at.file_uploader(key="model_upload").upload("mine.safetensors", SHIPPED_WEIGHTS.read_bytes()).run()
+    assert not at.exception and not at.sidebar.error
+    assert at.selectbox(key="model_choice").value.startswith("upload:")
+    assert "model" not in at.query_params  # an upload cannot be shared by link
+    assert any(c.startswith("64 samples") for c in image_captions(at))
+
+
+def test_unknown_model_in_the_url_falls_back_to_shipped():
+    at = open_page("pages/sample.py", {"model": "no-such-run"})
+    assert any("no-such-run" in w.value for w in at.sidebar.warning)
+    assert at.selectbox(key="model_choice").value == "shipped"
+
+
+# ---- explorer --------------------------------------------------------------------------------
+def test_explorer_without_test_data():
+    at = open_page("pages/explorer.py")
+    assert any("not available here" in i.value for i in at.info)
+    spec = plotly_spec(at, "slice_0-1")
+    assert {t.get("name") for t in spec["data"]} >= {"slice", "contours", "click"}
+    assert not any(t.get("name") == "0" for t in spec["data"])  # no test-code scatter
+    assert any("sample #0" in c for c in image_captions(at))  # interpolation between sampled digits
+    assert "log Z" in " ".join(c.value for c in at.caption)
+
+
+def test_explorer_pair_change_changes_the_figure(tiny_mnist):
+    at = open_page("pages/explorer.py")
+    assert not at.info
+    first = plotly_spec(at, "slice_0-1")
+    assert {"0", "chain paths (○ start, × end)"} <= {t.get("name") for t in first["data"]}
+    assert [s.key for s in at.slider if s.key.startswith("x_fix")] == ["x_fix2", "x_fix3"]
+    at.selectbox(key="x_pair").set_value("2-3").run()
+    assert not at.exception
+    second = plotly_spec(at, "slice_2-3")
+    assert not np.allclose(as_array(second["data"][0]["z"]), as_array(first["data"][0]["z"]))
+    assert second["layout"]["xaxis"]["title"]["text"] == "z2"
+    assert [s.key for s in at.slider if s.key.startswith("x_fix")] == ["x_fix0", "x_fix1"]
+    assert at.query_params["pair"] == "2-3"
+    at.slider(key="x_fix0").set_value(1.0).run()
+    third = plotly_spec(at, "slice_2-3")
+    assert not np.allclose(as_array(third["data"][0]["z"]), as_array(second["data"][0]["z"]))
+    at.segmented_control(key="x_view").set_value("density").run()
+    density = as_array(plotly_spec(at, "slice_2-3")["data"][0]["z"])
+    assert density.shape == (101, 101) and density.min() >= 0
+    assert density.sum() * (8 / 100) ** 2 == pytest.approx(1.0, rel=1e-4)  # normalized on the slice
+
+
+def test_explorer_interpolates_between_test_digits(tiny_mnist):
+    at = open_page("pages/explorer.py")
+    at.number_input(key="x_from").set_value(5).run()
+    at.number_input(key="x_to").set_value(17).run()
+    caption = next(c for c in image_captions(at) if "Straight line" in c)
+    labels = tiny_mnist["t10k-labels-idx1-ubyte"]
+    assert f"test #5 (label {labels[5]}) → test #17 (label {labels[17]})" in caption
+    profile = plotly_spec(at, "interp_energy")["data"][0]
+    assert len(as_array(profile["y"])) == 12
+
+
+def test_explorer_follows_a_model_with_another_latent_dimension():
+    from ebm.checkpoint import model_to_bytes
+    from ebm.training import TrainConfig, build_model
+
+    three_d = model_to_bytes(build_model(TrainConfig(latent_dim=3, ae_hidden_dim=16, ebm_hidden_dim=8)))
+    at = open_page("pages/explorer.py")
+    at.selectbox(key="x_pair").set_value("2-3").run()
+    at.file_uploader(key="model_upload").upload("three.safetensors", three_d).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="model_choice").value.startswith("upload:")
+    assert at.selectbox(key="x_pair").options == ["z0 × z1", "z0 × z2", "z1 × z2"]
+    assert at.selectbox(key="x_pair").value == "0-1"
+    assert "3-D space" in at.caption[0].value
+    assert any("32^3 grid" in c.value for c in at.caption)
+
+
+def test_explorer_bad_url_values():
+    at = open_page("pages/explorer.py", {"pair": "0-0", "z2": "99", "view": "??"})
+    text = at.warning[0].value
+    assert "`pair=0-0`" in text and "`z2=99`" in text and "`view=??`" in text
+    assert at.slider(key="x_fix2").value == 3.0
+
+
+# ---- train -----------------------------------------------------------------------------------
+TINY_FORM = {"t_ae_epochs": 1, "t_ae_hidden_dim": 16, "t_ebm_hidden_dim": 8, "t_ebm_layers": 2, "t_ebm_iterations": 30,
+             "t_ebm_batch_size": 32, "t_buffer_size": 64, "t_mcmc_steps": 3, "t_negatives_every": 10}
+
+
+def fill_and_start(at: AppTest, **overrides) -> None:
+    for key, value in {**TINY_FORM, **overrides}.items():
+        at.number_input(key=key).set_value(value)
+    [start] = [b for b in at.button if b.label == "Start training"]
+    start.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def wait_until(predicate, timeout=60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_train_end_to_end(environment):
+    at = open_page("pages/train.py")
+    assert any("No training yet" in c.value for c in at.caption)
+    fill_and_start(at)
+    job = jobs.latest_job()
+    assert job is not None and job.owner == at.session_state["session_owner"]
+    assert job.cfg.ebm_iterations == 30 and job.cfg.negatives_every == 10
+    wait_until(lambda: job.snapshot().done)
+    at.run()
+    assert not at.exception
+    snap = job.snapshot()
+    assert snap.state == "finished", snap.error
+    assert any("Saved as run" in s.value and snap.run_path.parent.name in s.value for s in at.success)
+    assert {"chart_ae", "chart_cd", "chart_energy", "chart_acc"} <= {c.key for c in at.get("plotly_chart")}
+    assert [p.value for p in at.get("progress")] == [100, 100]
+    assert any(c.startswith("iteration 30") for c in image_captions(at))  # decoded negatives
+    assert snap.run_path.parent.parent == environment / "runs"
+    assert any(b.label == "Download weights" for b in at.get("download_button"))
+    # the new run can be picked on the other pages
+    run_name = snap.run_path.parent.name
+    at.switch_page("pages/sample.py")
+    at.run()
+    at.selectbox(key="model_choice").set_value(run_name).run()
+    assert not at.exception and at.query_params["model"] == run_name
+    assert any(c.startswith("64 samples") for c in image_captions(at))
+    at.switch_page("pages/explorer.py")
+    at.run()
+    assert not at.exception and at.selectbox(key="model_choice").value == run_name
+
+
+def test_train_stop_and_other_sessions(environment):
+    at = open_page("pages/train.py")
+    fill_and_start(at, t_ebm_iterations=100_000)
+    job = jobs.latest_job()
+    wait_until(lambda: job.snapshot().progress.get("energy", 0) > 0)
+    at.run()
+    assert any(m.label == "Elapsed" for m in at.metric)
+    # another session sees the running training and cannot start a second one
+    other = open_page("pages/train.py")
+    assert any("already running" in i.value for i in other.info)
+    [start] = [b for b in other.button if b.label == "Start training"]
+    assert start.disabled
+    # stop from the page: the worker stops between steps and saves what it trained
+    at.button(key="stop_training").click().run()
+    assert job.join(60)
+    at.run()
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.run_path is not None
+    assert any("Saved as run" in s.value for s in at.success)
+    assert [r.path for r in runs.list_runs(environment / "runs")] == [snap.run_path]
+    assert runs.list_runs(environment / "runs")[0].extra["stopped_early"] is True
+    # ... and a new training can start again
+    other.run()
+    [start] = [b for b in other.button if b.label == "Start training"]
+    assert not start.disabled
+
+
+def test_train_reports_dataset_errors(monkeypatch):
+    from ebm.data import DatasetError
+
+    def missing(name, split, threshold):
+        raise DatasetError(f"{name} is missing and could not be fetched")
+
+    monkeypatch.setattr(jobs, "default_data_loader", missing)
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    wait_until(lambda: jobs.latest_job().snapshot().done)
+    at.run()
+    assert any("Dataset problem" in e.value and "mnist is missing" in e.value for e in at.error)

@@ -1,0 +1,250 @@
+"""Tests for ebm.jobs (the background training worker) and ebm.runs (saved runs).
+
+No MNIST: the worker gets random binary 784-d images through its `data_loader` parameter.
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebm import jobs, runs
+from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, save_model
+from ebm.data import DatasetError
+from ebm.training import DivergenceError, TrainConfig, build_model
+
+TINY = dict(ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2, ebm_iterations=30,
+            ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10)
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_no_leftover_job():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    job = jobs.active_job()
+    if job is not None:  # never leave a worker running into the next test
+        job.stop()
+        job.join(60)
+    torch.set_num_threads(before)
+
+
+def wait_for(predicate, timeout=60.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_training_runs_in_the_background_and_saves_a_run(tmp_path):
+    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader(), owner="me")
+    assert jobs.get_job(job.id) is job and jobs.latest_job() is job
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "finished" and snap.error is None and snap.done and not snap.active
+    assert snap.owner == "me" and snap.config["ebm_iterations"] == 30
+    # events of both stages, in order, with their losses
+    stages = [e["stage"] for e in snap.events]
+    assert stages[0] == "autoencoder" and stages[-1] == "energy" and stages == sorted(stages)
+    assert snap.progress == {"autoencoder": 1.0, "energy": 1.0}
+    assert any("test_bce" in e["losses"] for e in snap.series("autoencoder"))
+    assert {"cd_loss", "energy_data", "energy_negatives", "acceptance"} <= set(snap.series("energy")[-1]["losses"])
+    assert snap.negatives is not None and snap.negatives.shape == (16, 784) and snap.negatives_step == 30
+    # the saved run: a new folder under the runs dir, loadable, listed, with its history
+    assert snap.run_path.parent.parent == tmp_path and snap.run_path.name == runs.WEIGHTS_NAME
+    model, extra = load_model(snap.run_path)
+    assert extra["stopped_early"] is False and extra["train_config"]["ebm_hidden_dim"] == 8
+    assert model.autoencoder.config.hidden_dim == 16
+    listed = runs.list_runs(tmp_path)
+    assert [r.path for r in listed] == [snap.run_path] and listed[0].has_history
+    history = runs.read_history(listed[0])
+    assert len(history["events"]) == len(snap.events) and history["stopped_early"] is False
+
+
+def test_a_second_training_is_refused_while_one_runs(tmp_path):
+    release = threading.Event()
+    synthetic = jobs.synthetic_data_loader()
+
+    def slow_loader(name, split, threshold):
+        release.wait(30)
+        return synthetic(name, split, threshold)
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
+    try:
+        assert job.snapshot().state in ("starting", "loading data")
+        assert jobs.active_job() is job
+        with pytest.raises(jobs.JobAlreadyRunning, match="already running"):
+            jobs.start_training(tiny(), tmp_path, data_loader=synthetic)
+    finally:
+        release.set()
+    assert job.join(60) and job.snapshot().state == "finished"
+    second = jobs.start_training(tiny(), tmp_path, data_loader=synthetic)  # free again
+    assert second.join(60) and len(runs.list_runs(tmp_path)) == 2
+
+
+def test_stop_saves_what_was_trained(tmp_path):
+    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0)
+    job.stop()
+    assert job.stop_requested
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.error is None and snap.run_path is not None
+    done = snap.series("energy")[-1]["step"]
+    assert 0 < done < 100_000
+    _, extra = load_model(snap.run_path)
+    assert extra["stopped_early"] is True and 0 < extra["stages_done"]["energy"] < 1
+    assert runs.list_runs(tmp_path)[0].label.endswith("(stopped early)")
+    frozen = snap.elapsed
+    time.sleep(0.05)
+    assert job.snapshot().elapsed == frozen  # the clock stops when the job ends
+
+
+def test_stop_during_the_autoencoder_still_gives_a_usable_model(tmp_path):
+    job = jobs.start_training(tiny(ae_epochs=500), tmp_path, data_loader=jobs.synthetic_data_loader(train_size=512))
+    assert wait_for(lambda: len(job.snapshot().events) > 0)
+    job.stop()
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and "energy" not in snap.progress
+    model, extra = load_model(snap.run_path)
+    # the code statistics were fitted even though stage 2 never ran
+    assert not torch.allclose(model.code_std, torch.ones(4))
+    assert extra["stages_done"]["energy"] == 0
+
+
+def test_stop_while_loading_data_saves_nothing(tmp_path):
+    release = threading.Event()
+    synthetic = jobs.synthetic_data_loader()
+
+    def slow_loader(name, split, threshold):
+        release.wait(30)
+        return synthetic(name, split, threshold)
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
+    job.stop()
+    assert job.snapshot().state == "stopping"
+    release.set()
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.run_path is None and runs.list_runs(tmp_path) == []
+
+
+def test_dataset_errors_are_recorded(tmp_path):
+    def missing(name, split, threshold):
+        raise DatasetError("MNIST is missing and could not be fetched")
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=missing)
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "failed" and "Dataset problem" in snap.error and "MNIST is missing" in snap.error
+    assert snap.run_path is None and jobs.active_job() is None
+
+
+def test_divergence_is_recorded(tmp_path, monkeypatch):
+    def diverging(model, train_x, test_x, cfg):
+        yield from ()
+        raise DivergenceError("energy training diverged 6 times; last loss nan")
+
+    monkeypatch.setattr(jobs, "train", diverging)
+    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "failed" and "diverged" in snap.error and "smaller learning rate" in snap.error
+    assert runs.list_runs(tmp_path) == []
+
+
+def test_unexpected_errors_are_recorded_not_raised(tmp_path):
+    def broken(name, split, threshold):
+        return torch.zeros(10, 3), torch.zeros(10)  # wrong image size
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=broken)
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "failed" and snap.error
+
+
+def test_invalid_requests_are_refused_before_starting(tmp_path):
+    with pytest.raises(ValueError):
+        jobs.start_training(tiny(ae_lr=-1.0), tmp_path, data_loader=jobs.synthetic_data_loader())
+    with pytest.raises(ValueError, match="shipped weights"):
+        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent, data_loader=jobs.synthetic_data_loader())
+    with pytest.raises(ValueError, match="shipped weights"):
+        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent / "sub", data_loader=jobs.synthetic_data_loader())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            jobs.start_training(tiny(device="cuda"), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert jobs.active_job() is None
+
+
+def test_remaining_time_is_estimated_while_running(tmp_path):
+    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0.0002)
+    snap = job.snapshot()
+    assert snap.active and snap.stage == "energy"
+    assert snap.stage_remaining is not None and snap.stage_remaining > 0
+    job.stop()
+    assert job.join(60) and job.snapshot().stage_remaining is None
+
+
+# ---- runs -----------------------------------------------------------------------------------------
+def test_new_run_dirs_are_unique_and_time_named(tmp_path):
+    now = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    a = runs.new_run_dir(tmp_path, "fashion-mnist", now=now)
+    b = runs.new_run_dir(tmp_path, "fashion-mnist", now=now)
+    assert a.name == "20260102-030405-fashion-mnist" and b.name == "20260102-030405-fashion-mnist-2"
+    assert a.is_dir() and b.is_dir()
+    assert runs.new_run_dir(tmp_path, "../x y", now=now).parent == tmp_path
+
+
+def test_runs_never_go_under_the_shipped_weights():
+    with pytest.raises(ValueError):
+        runs.new_run_dir(SHIPPED_WEIGHTS.parent, "mnist")
+    with pytest.raises(ValueError):
+        runs.check_runs_dir(SHIPPED_WEIGHTS.parent / "deeper")
+
+
+def test_default_runs_dir_honours_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert runs.default_runs_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("EBM_RUNS_DIR")
+    assert runs.default_runs_dir() == Path("runs")
+
+
+def test_list_runs_reads_headers_and_skips_other_files(tmp_path):
+    assert runs.list_runs(tmp_path / "missing") == []
+    model = build_model(tiny())
+    old = save_model(model, tmp_path / "a" / runs.WEIGHTS_NAME, {"dataset": "mnist"})
+    os.utime(old, (time.time() - 100, time.time() - 100))
+    new = save_model(model, tmp_path / "b" / runs.WEIGHTS_NAME, {"dataset": "fashion-mnist", "stopped_early": True})
+    loose = save_model(model, tmp_path / "loose.safetensors", {})
+    assert loose.is_file()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "a" / ".model.safetensors.123.tmp").write_bytes(b"partial")
+    listed = runs.list_runs(tmp_path)
+    assert {r.name for r in listed} == {"a", "b", "loose"}
+    assert listed[-1].path == old  # newest first
+    by_name = {r.name: r for r in listed}
+    assert by_name["b"].dataset == "fashion-mnist" and by_name["b"].label == "b (stopped early)"
+    assert by_name["a"].size == old.stat().st_size and not by_name["a"].has_history
+    assert runs.find_run("b", tmp_path).path == new and runs.find_run("nope", tmp_path) is None
+    assert runs.read_extra(tmp_path / "c" / "model.safetensors") is None
+    assert runs.read_history(by_name["a"]) is None
+
+
+def test_history_round_trip(tmp_path):
+    run_dir = runs.new_run_dir(tmp_path, "mnist")
+    runs.write_history(run_dir, {"events": [{"step": 1}]})
+    assert json.loads((run_dir / runs.HISTORY_NAME).read_text()) == {"events": [{"step": 1}]}
+    assert runs.read_history(run_dir) == {"events": [{"step": 1}]}
