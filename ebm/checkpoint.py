@@ -61,11 +61,11 @@ def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) ->
     return path
 
 
-def _config(metadata: dict, key: str, cls):
+def _config(metadata: dict, key: str, cls, name: str):
     try:
         return cls(**json.loads(metadata[key]))
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"metadata field {key!r} is missing or invalid: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        raise WeightsError(f"{name}: metadata field {key!r} is missing or invalid: {e}") from None
 
 
 def _read_metadata(data: bytes) -> dict:
@@ -84,8 +84,8 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
         raise WeightsError(f"{name} is not a valid safetensors file: {e}") from None
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{name} is not an mnist-ebm weights file (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    ae_config = _config(metadata, "autoencoder", AutoencoderConfig)
-    energy_config = _config(metadata, "energy", EnergyConfig)
+    ae_config = _config(metadata, "autoencoder", AutoencoderConfig, name)
+    energy_config = _config(metadata, "energy", EnergyConfig, name)
     try:
         model = LatentEBM(
             Autoencoder(ae_config), EnergyNet(energy_config),
@@ -108,9 +108,15 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
             raise WeightsError(f"{name}: tensor {key!r} contains NaN or infinity")
     if (tensors["code_std"] <= 0).any():
         raise WeightsError(f"{name}: code_std must be positive")
+    try:
+        extra = json.loads(metadata.get("extra") or "{}")
+    except ValueError as e:
+        raise WeightsError(f"{name}: metadata field 'extra' is not valid JSON: {e}") from None
+    if not isinstance(extra, dict):
+        raise WeightsError(f"{name}: metadata field 'extra' must be a JSON object, got {type(extra).__name__}")
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     model.eval()
-    return model, json.loads(metadata.get("extra", "{}") or "{}")
+    return model, extra
 
 
 def load_model(path: str | Path = SHIPPED_WEIGHTS) -> tuple[LatentEBM, dict]:

@@ -15,7 +15,7 @@ import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .sampling import MAX_CHAINS, ChainResult, build_sampler, check_num_steps, check_step_size, run_chains
+from .sampling import MAX_CHAINS, MAX_STEPS, ChainResult, build_sampler, check_int, check_num_steps, check_step_size, run_chains
 
 STARTS = ("noise", "data")
 MAX_SEED = 2**63 - 1
@@ -38,14 +38,11 @@ class SampleSettings:
             raise ValueError(f"sampler must be 'ula' or 'mala', got {self.sampler!r}")
         check_step_size(self.step_size)
         check_num_steps(self.num_steps)
-        if isinstance(self.num_chains, bool) or int(self.num_chains) != self.num_chains or not 1 <= self.num_chains <= MAX_CHAINS:
-            raise ValueError(f"number of chains must be an integer in [1, {MAX_CHAINS}], got {self.num_chains}")
-        if isinstance(self.record_every, bool) or int(self.record_every) != self.record_every or self.record_every < 1:
-            raise ValueError(f"record_every must be an integer >= 1, got {self.record_every}")
+        check_int("number of chains", self.num_chains, 1, MAX_CHAINS)
+        check_int("record_every", self.record_every, 1, MAX_STEPS)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.start not in STARTS:
             raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
-        if isinstance(self.seed, bool) or int(self.seed) != self.seed or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in [0, 2**63 - 1], got {self.seed}")
         return self
 
     def as_dict(self) -> dict:
@@ -58,6 +55,8 @@ def initial_codes(settings: SampleSettings, dim: int, generator: torch.Generator
         return torch.randn(settings.num_chains, dim, generator=generator)
     if data_codes is None or len(data_codes) == 0:
         raise ValueError("start='data' needs data codes to start from")
+    if data_codes.ndim != 2 or data_codes.shape[1] != dim:
+        raise ValueError(f"data codes have shape {tuple(data_codes.shape)}; the model's latent dimension is {dim}")
     idx = torch.randint(len(data_codes), (settings.num_chains,), generator=generator)
     return data_codes[idx].clone()
 

@@ -39,6 +39,8 @@ def energies(model: LatentEBM | EnergyNet, codes: torch.Tensor, chunk: int = 65_
     """(N, d) standardized codes -> (N,) energies, evaluated in chunks without autograd."""
     net = _energy_net(model)
     codes = torch.as_tensor(codes, dtype=torch.float32)
+    if codes.ndim != 2 or codes.shape[1] != net.config.latent_dim:
+        raise ValueError(f"codes have shape {tuple(codes.shape)}; the model's latent dimension is {net.config.latent_dim}")
     if len(codes) == 0:
         return torch.empty(0)
     return torch.cat([net(c) for c in codes.split(chunk)])

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
 IMAGE_PIXELS = 28 * 28
+
+
+def _check_widths(config) -> None:
+    """Every int field of a config is a real integer >= 1 (configs also come from file metadata)."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{type(config).__name__}.{f.name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass
@@ -16,6 +25,9 @@ class AutoencoderConfig:
 
     hidden_dim: int = 512
     latent_dim: int = 4
+
+    def __post_init__(self):
+        _check_widths(self)
 
 
 class Autoencoder(nn.Module):
@@ -53,6 +65,13 @@ class EnergyConfig:
     hidden_dim: int = 128
     num_layers: int = 3
     tilt_sigma: float = 3.0
+
+    def __post_init__(self):
+        _check_widths(self)
+        if isinstance(self.tilt_sigma, bool) or not isinstance(self.tilt_sigma, (int, float)) or not (
+            math.isfinite(self.tilt_sigma) and self.tilt_sigma > 0
+        ):
+            raise ValueError(f"EnergyConfig.tilt_sigma must be a finite number > 0, got {self.tilt_sigma!r}")
 
 
 class EnergyNet(nn.Module):

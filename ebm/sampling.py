@@ -11,6 +11,7 @@ MALA: the same proposal, accepted with the Metropolis-Hastings probability,
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, NamedTuple
 
 import torch
@@ -18,6 +19,8 @@ import torch
 EnergyAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 MAX_CHAINS = 65_536
+MAX_STEPS = 1_000_000
+MAX_TRACE_ENTRIES = 200_000_000  # chains x steps of the per-step traces (float32: 0.8 GB each)
 DEFAULT_TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance (Roberts & Rosenthal 1998)
 
 
@@ -51,6 +54,14 @@ class ChainResult(NamedTuple):
     acceptance: torch.Tensor  # (steps, chains) acceptance probability of each step
 
 
+def check_int(name: str, value, low: int, high: int) -> int:
+    """Return `value` as an int, or raise ValueError naming the setting (bools, fractions, inf, NaN too)."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or value != int(value) or not low <= value <= high):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
 def check_step_size(step_size: float) -> float:
     """Return ε as a float, or raise ValueError when it is not a finite positive number."""
     step_size = float(step_size)
@@ -63,8 +74,7 @@ def check_positions(position: torch.Tensor) -> torch.Tensor:
     """Validate a (chains, d) batch of finite starting points."""
     if position.ndim != 2 or position.shape[0] < 1 or position.shape[1] < 1:
         raise ValueError(f"positions must have shape (chains, d) with chains, d >= 1, got {tuple(position.shape)}")
-    if position.shape[0] > MAX_CHAINS:
-        raise ValueError(f"at most {MAX_CHAINS} chains are supported, got {position.shape[0]}")
+    check_int("number of chains", position.shape[0], 1, MAX_CHAINS)
     if not torch.isfinite(position).all():
         raise ValueError("starting positions contain NaN or infinity")
     return position
@@ -161,9 +171,7 @@ def adapt_mala_step_size(
 
 
 def check_num_steps(num_steps: int) -> int:
-    if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"number of steps K must be an integer >= 1, got {num_steps}")
-    return int(num_steps)
+    return check_int("number of steps K", num_steps, 1, MAX_STEPS)
 
 
 def run_chains(
@@ -179,8 +187,10 @@ def run_chains(
     holds the steps done so far).
     """
     num_steps = check_num_steps(num_steps)
-    record_every = num_steps if record_every is None else check_num_steps(record_every)
+    record_every = num_steps if record_every is None else check_int("record_every", record_every, 1, MAX_STEPS)
     chains = state.position.shape[0]
+    if chains * num_steps > MAX_TRACE_ENTRIES:
+        raise ValueError(f"{chains} chains x {num_steps} steps is more than {MAX_TRACE_ENTRIES:,} chain-steps; use fewer")
     energies = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     acceptance = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     records, record_steps = [state.position], [0]

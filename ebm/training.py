@@ -68,6 +68,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("energy_reg", "ae_code_penalty", "ae_latent_noise"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0.0 < self.target_acceptance < 1.0:
+            raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
+        if int(self.negatives_every) != self.negatives_every or self.negatives_every < 0:
+            raise ValueError(f"negatives_every must be an integer >= 0, got {self.negatives_every}")
         if not 0.0 <= self.reinit_prob <= 1.0:
             raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
         if not 0.0 < self.threshold < 1.0:

@@ -7,6 +7,7 @@ and README's front matter, and check what would go wrong only once the Space is 
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
 import re
 import shlex
@@ -82,7 +83,7 @@ def test_runs_as_non_root_uid_1000():
         for command in re.split(r"&&|;", run):
             words = shlex.split(command)
             if words[:1] == ["useradd"] and any(
-                    w in ("-u", "--uid") and nxt == "1000" for w, nxt in zip(words, words[1:])):
+                    w in ("-u", "--uid") and nxt == "1000" for w, nxt in itertools.pairwise(words)):
                 user = words[-1]
     assert user, "the image must create a user with uid 1000 (what Hugging Face Spaces run as)"
     users = _all("USER")

@@ -4,8 +4,7 @@ For any out-of-range setting (ε, K, chains, record_every, seed, latent dimensio
 raises a ValueError whose message names the setting, and the CLI exits with an `error:` line;
 nothing hangs or crashes. Any valid small setting runs and gives finite results of the right
 shapes. A damaged weights file raises `WeightsError` and a damaged dataset file `DatasetError`,
-whatever the damage. Tests marked xfail(strict=True) pin down bugs reported to the owners of
-the code: when a bug is fixed the test passes, strict makes that an error, and the mark goes.
+whatever the damage.
 
 Run with `--hypothesis-show-statistics` to see how many examples each test ran.
 """
@@ -16,7 +15,7 @@ import contextlib
 import gzip
 import io
 import json
-import math
+import os
 import struct
 import tempfile
 from datetime import timedelta
@@ -26,16 +25,49 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, example, given, settings, strategies as st
-from safetensors.torch import load as load_tensors, save as save_tensors
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from ebm import cli, landscape
-from ebm.checkpoint import WeightsError, _read_metadata, load_model, model_from_bytes, model_to_bytes
+from ebm.checkpoint import (
+    WeightsError,
+    _read_metadata,
+    load_model,
+    model_from_bytes,
+    model_to_bytes,
+)
 from ebm.data import RAW_FILES, DatasetError, load_images
-from ebm.generate import MAX_SEED, SampleSettings, chain_frames, decode_binary, sample_chains
-from ebm.limits import MAX_APP_CHAINS, MAX_APP_STEPS, MAX_CHAIN_STEPS, RequestTooLarge, check_request_size
-from ebm.models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
-from ebm.sampling import MAX_CHAINS, build_sampler, check_num_steps, check_step_size, mala, run_chains, ula
+from ebm.generate import (
+    MAX_SEED,
+    SampleSettings,
+    chain_frames,
+    decode_binary,
+    sample_chains,
+)
+from ebm.limits import (
+    MAX_APP_CHAINS,
+    MAX_APP_STEPS,
+    MAX_CHAIN_STEPS,
+    RequestTooLarge,
+    check_request_size,
+)
+from ebm.models import (
+    Autoencoder,
+    AutoencoderConfig,
+    EnergyConfig,
+    EnergyNet,
+    LatentEBM,
+)
+from ebm.sampling import (
+    MAX_CHAINS,
+    build_sampler,
+    check_step_size,
+    mala,
+    run_chains,
+    ula,
+)
 from ebm.training import TrainConfig
 
 # Modest example counts and a deadline that tolerates a loaded 2-core machine: the file runs in
@@ -70,7 +102,7 @@ bad_seeds = st.one_of(st.integers(max_value=-1), st.integers(min_value=MAX_SEED 
 
 
 def _settings(**overrides) -> SampleSettings:
-    base = dict(sampler="mala", step_size=0.5, num_steps=3, num_chains=2, record_every=1, start="noise", seed=0)
+    base = {"sampler": "mala", "step_size": 0.5, "num_steps": 3, "num_chains": 2, "record_every": 1, "start": "noise", "seed": 0}
     base.update(overrides)
     return SampleSettings(**base)
 
@@ -147,18 +179,11 @@ def test_unknown_sampler_or_start_is_refused(name):
     ("num_steps", ("steps",)), ("num_chains", ("chains",)), ("record_every", ("record_every",)), ("seed", ("seed",)),
 ])
 @pytest.mark.parametrize("value", [INF, -INF, NAN])
-@pytest.mark.xfail(strict=True, raises=(OverflowError, AssertionError), reason=(
-    "bug in ebm/generate.py SampleSettings.validate and ebm/sampling.py check_num_steps: `int(value)` of inf "
-    "raises OverflowError and of NaN a ValueError that does not name the setting; check "
-    "isinstance(value, numbers.Integral) (or math.isfinite) first. Remove this mark once fixed."))
 def test_infinite_or_nan_counts_are_refused_with_a_clear_message(field, names, value):
     _refused(lambda: _settings(**{field: value}).validate(), *names)
 
 
 @pytest.mark.parametrize("k", [INF, NAN])
-@pytest.mark.xfail(strict=True, raises=(OverflowError, AssertionError), reason=(
-    "bug in ebm/sampling.py check_num_steps: K = inf raises OverflowError, K = NaN a message without 'steps'. "
-    "Remove this mark once fixed."))
 def test_run_chains_refuses_infinite_k_clearly(model, k):
     sampler = build_sampler("ula", model.energy_and_grad, 0.5)
     _refused(lambda: run_chains(sampler, sampler.init(torch.zeros(1, model.latent_dim)), k), "steps")
@@ -171,7 +196,7 @@ def test_run_chains_refuses_infinite_k_clearly(model, k):
 def test_autoencoder_and_energy_must_agree_on_the_latent_dimension(ae_dim, energy_dim):
     ae = Autoencoder(AutoencoderConfig(hidden_dim=8, latent_dim=ae_dim))
     net = EnergyNet(EnergyConfig(latent_dim=energy_dim, hidden_dim=4, num_layers=1))
-    build = lambda: LatentEBM(ae, net, torch.zeros(ae_dim), torch.ones(ae_dim))  # noqa: E731
+    build = lambda: LatentEBM(ae, net, torch.zeros(ae_dim), torch.ones(ae_dim))
     if ae_dim == energy_dim:
         assert build().latent_dim == ae_dim
     else:
@@ -190,10 +215,6 @@ def test_landscape_refuses_codes_of_another_dimension(model, dim):
 
 @FAST
 @given(dim=st.integers(1, 9).filter(lambda k: k != 4), n=st.integers(1, 20))
-@pytest.mark.xfail(strict=True, raises=(RuntimeError, AssertionError), reason=(
-    "bug in ebm/generate.py initial_codes: data codes of the wrong latent dimension reach the energy net and fail "
-    "with torch's 'mat1 and mat2 shapes cannot be multiplied'; check data_codes.shape[1] == dim there and raise "
-    "ValueError. Remove this mark once fixed."))
 def test_data_codes_of_another_latent_dimension_are_refused(model, dim, n):
     codes = torch.randn(n, dim)
     _refused(lambda: sample_chains(model, _settings(start="data"), codes), "dimension", "latent")
@@ -201,9 +222,6 @@ def test_data_codes_of_another_latent_dimension_are_refused(model, dim, n):
 
 @FAST
 @given(dim=st.integers(1, 9).filter(lambda k: k != 4))
-@pytest.mark.xfail(strict=True, raises=(RuntimeError, AssertionError), reason=(
-    "bug in ebm/landscape.py energies(): codes of the wrong dimension fail inside torch (RuntimeError 'mat1 and mat2 "
-    "shapes cannot be multiplied'); check codes.shape[-1] == latent dim and raise ValueError. Remove once fixed."))
 def test_energies_refuse_codes_of_another_dimension(model, dim):
     _refused(lambda: landscape.energies(model, torch.zeros(3, dim)), "dimension", "latent")
 
@@ -279,7 +297,7 @@ def _run_cli(argv: list[str]) -> tuple[int | str | None, str, str]:
 
 
 def _bad_sample_flag():
-    text = lambda values: st.sampled_from(values)  # noqa: E731
+    text = lambda values: st.sampled_from(values)
     return st.one_of(
         st.tuples(st.just("--step-size"), st.one_of(bad_step_sizes.map(repr), text(["abc", "1e400", "-1e400", ""]))),
         st.tuples(st.just("--steps"), st.one_of(bad_counts.map(str), text(["inf", "nan", "abc", "1e3", ""]))),
@@ -297,7 +315,7 @@ def _bad_sample_flag():
 def test_cli_sample_refuses_bad_arguments_with_a_message(flag_value):
     flag, value = flag_value
     with tempfile.TemporaryDirectory() as tmp:
-        code, out, err = _run_cli(["sample", f"{flag}={value}", "--steps" if flag != "--steps" else "--seed", "2",
+        code, _, err = _run_cli(["sample", f"{flag}={value}", "--steps" if flag != "--steps" else "--seed", "2",
                                    "--out-dir", tmp])
         assert code not in (0, None), f"{flag}={value!r} was accepted"
         message = err + (code if isinstance(code, str) else "")
@@ -328,8 +346,10 @@ def test_cli_sample_runs_for_valid_arguments(sampler, eps, k, chains, every, see
         assert images.shape == (chains, 28, 28) and np.isfinite(images).all()
         assert set(np.unique(images).tolist()) <= {0.0, 1.0}
         frames = iio.imread(Path(tmp) / "chains.gif", index=None)
-        assert len(frames) == len(_expected_record_steps(k, every))
-        assert iio.imread(Path(tmp) / "grid.png").ndim == 2
+        # one frame per record, except that the GIF encoder merges identical consecutive frames
+        assert 1 <= len(frames) <= len(_expected_record_steps(k, every))
+        grid = iio.imread(Path(tmp) / "grid.png")
+        assert grid.ndim == 2 and frames.shape[1:3] == grid.shape
 
 
 def _bad_train_flag():
@@ -354,7 +374,7 @@ def test_cli_train_refuses_bad_arguments_before_loading_data(flag_value):
     flag, value = flag_value
     with tempfile.TemporaryDirectory() as tmp:
         # an empty data dir: if validation let the value through, loading data would fail (or try to download)
-        code, out, err = _run_cli(["train", f"{flag}={value}", "--data-dir", f"{tmp}/nothing", "--runs-dir", tmp])
+        code, _, err = _run_cli(["train", f"{flag}={value}", "--data-dir", f"{tmp}/nothing", "--runs-dir", tmp])
         assert code not in (0, None), f"{flag}={value!r} was accepted"
         message = err + (code if isinstance(code, str) else "")
         assert "error" in message and "Traceback" not in message, message
@@ -362,11 +382,6 @@ def test_cli_train_refuses_bad_arguments_before_loading_data(flag_value):
 
 
 @pytest.mark.parametrize("target", [0.0, 1.0, -0.5, 5.0, NAN])
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in ebm/training.py TrainConfig.validate: target_acceptance outside (0, 1) is accepted, and MALA's step-size "
-    "adaptation then drives ε to 0 or infinity until check_step_size fails mid-training (after stage 1). "
-    "Validate 0 < target_acceptance < 1 (and energy_reg, ae_code_penalty, ae_latent_noise, negatives_every >= 0). "
-    "Remove this mark once fixed."))
 def test_train_config_refuses_impossible_target_acceptance(target):
     _refused(lambda: TrainConfig(target_acceptance=target).validate(), "target_acceptance")
 
@@ -379,7 +394,7 @@ def test_cli_sample_refuses_a_bad_weights_file(weights_bytes, name, cut):
         if name.startswith("truncated"):
             path.write_bytes(weights_bytes[:cut])
         out_dir = Path(tmp) / "out"
-        code, out, err = _run_cli(["sample", "--weights", str(path), "--steps", "2", "--out-dir", str(out_dir)])
+        code, _, err = _run_cli(["sample", "--weights", str(path), "--steps", "2", "--out-dir", str(out_dir)])
         assert isinstance(code, str) and code.startswith("error:") and name in code, (code, err)
         assert not out_dir.exists()
 
@@ -497,18 +512,12 @@ def _corrupt_extra(weights_bytes: bytes) -> tuple[int, int]:
     """(position, byte) that turns the metadata's "extra" JSON into invalid JSON: a known failing example."""
     header_len = int.from_bytes(weights_bytes[:8], "little")
     header = weights_bytes[8 : 8 + header_len]
-    pos = header.index(b'"extra":"') + len(b'"extra":"') + 1  # the character after "{"
+    pos = header.index(b'"extra":"') + len(b'"extra":"')  # its opening brace: still a JSON string, no longer an object
     return 8 + pos, ord("x")
 
 
 @FAST
 @given(data=st.data())
-@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError, ValueError), reason=(
-    "bugs in ebm/checkpoint.py model_from_bytes: (1) invalid JSON in the 'extra' metadata escapes as "
-    "json.JSONDecodeError, and a non-object 'extra' (e.g. a list) is returned as is; (2) non-integer widths in the "
-    "config metadata (e.g. hidden_dim 512.5) escape as TypeError from torch; both reach the app's uploader, which "
-    "catches only WeightsError; (3) a tilt_sigma of 0 (one changed byte: 3.0 -> 0.0) loads, then energies divide "
-    "by zero. Remove this mark once fixed."))
 def test_any_change_to_the_header_loads_or_raises_weights_error(weights_bytes, data):
     header_len = int.from_bytes(weights_bytes[:8], "little")
     pos, byte = _corrupt_extra(weights_bytes)
@@ -526,9 +535,6 @@ def test_any_change_to_the_header_loads_or_raises_weights_error(weights_bytes, d
 
 
 @pytest.mark.parametrize("field,value", [("hidden_dim", 512.5), ("hidden_dim", "512"), ("latent_dim", None)])
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "bug in ebm/checkpoint.py model_from_bytes: a config value of the wrong type escapes as TypeError "
-    "(the try around LatentEBM(...) catches only ValueError and RuntimeError). Remove this mark once fixed."))
 def test_config_values_of_the_wrong_type_raise_weights_error(weights_bytes, field, value):
     tensors, meta = _tensors_and_metadata(weights_bytes)
     ae = dict(json.loads(meta["autoencoder"]), **{field: value})
@@ -536,10 +542,6 @@ def test_config_values_of_the_wrong_type_raise_weights_error(weights_bytes, fiel
 
 
 @pytest.mark.parametrize("tilt", [0.0, -3.0, NAN, INF])
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in ebm/checkpoint.py model_from_bytes: the energy config's tilt_sigma is not checked; 0 loads and then "
-    "sampling raises ZeroDivisionError, NaN gives NaN energies, a negative or infinite one an improper density. "
-    "Check tilt_sigma is finite and > 0. Remove this mark once fixed."))
 def test_impossible_tilt_raises_weights_error(weights_bytes, tilt):
     tensors, meta = _tensors_and_metadata(weights_bytes)
     en = dict(json.loads(meta["energy"]), tilt_sigma=tilt)
@@ -634,3 +636,19 @@ def test_random_bytes_as_a_gz_file_raise_dataset_error(file, blob):
         _write(Path(tmp), files)
         with pytest.raises(DatasetError, match=file):
             _load_both_splits(Path(tmp))
+
+
+def test_cli_refuses_an_absurd_number_of_steps_without_a_traceback(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    def limit_memory():  # in the child: an allocation that would succeed lazily fails instead
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ebm", "sample", "--steps", str(10**12), "--chains", "2", "--out-dir", str(tmp_path)],
+        check=False, capture_output=True, text=True, timeout=120, preexec_fn=limit_memory,
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "error" in proc.stderr.lower(), proc.stderr[-2000:]
