@@ -9,14 +9,16 @@ import torch
 from torch import nn
 
 IMAGE_PIXELS = 28 * 28
+MAX_LAYERS = 16
+MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate: ~100 MB of weights
 
 
 def _check_widths(config) -> None:
-    """Every int field of a config is a real integer >= 1 (configs also come from file metadata)."""
+    """Every int field of a config is an integer in [1, MAX_WIDTH] (configs also come from file metadata)."""
     for f in fields(config):
         value = getattr(config, f.name)
-        if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{type(config).__name__}.{f.name} must be an integer >= 1, got {value!r}")
+        if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH):
+            raise ValueError(f"{type(config).__name__}.{f.name} must be an integer in [1, {MAX_WIDTH}], got {value!r}")
 
 
 @dataclass
@@ -68,6 +70,8 @@ class EnergyConfig:
 
     def __post_init__(self):
         _check_widths(self)
+        if self.num_layers > MAX_LAYERS:
+            raise ValueError(f"EnergyConfig.num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
         if isinstance(self.tilt_sigma, bool) or not isinstance(self.tilt_sigma, (int, float)) or not (
             math.isfinite(self.tilt_sigma) and self.tilt_sigma > 0
         ):

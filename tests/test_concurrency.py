@@ -1,0 +1,427 @@
+"""Several users at once: concurrent sampling, capped work, one training at a time, isolated sessions.
+
+- The core, as the Sample page calls it (`ebm.render.sample_view`), from 8 threads on one shared
+  model: every request finishes, with the digits its seed gives when run alone.
+- Work per request is capped (`ebm.limits`): a request above the cap is refused at once, with a
+  message, before any chain runs.
+- A second training while one runs is refused clearly (`ebm.jobs`), even when 8 requests race.
+- Sessions are isolated: what one session uploads or sets changes nothing in another (AppTest).
+- A real server (`streamlit run app.py`) with 8 browser sessions sampling at once (Playwright,
+  Debian's Chromium; skipped without them): no errors, bounded latency.
+
+The figures (sessions, requests, p50/p95 latency, errors) are printed (`pytest -s`) and written
+to artifacts/concurrency*.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ebm import jobs
+from ebm.checkpoint import load_model, model_to_bytes
+from ebm.generate import SampleSettings
+from ebm.limits import MAX_CHAIN_STEPS, RequestTooLarge, check_request_size
+from ebm.render import sample_view
+from ebm.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+SESSIONS = 8
+REQUESTS_PER_SESSION = 3
+# Generous: 8 sessions share 2 busy CPU cores in CI; a default request alone takes well under 1 s.
+P95_BOUND_S = 60.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def report(name: str, figures: dict) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2))
+    print(f"\n{name}: " + ", ".join(f"{k}={v}" for k, v in figures.items() if not isinstance(v, (list, dict))))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Runs under tmp, no MNIST, one torch thread per request; no training left running."""
+    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("EBM_TORCH_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield tmp_path
+    job = jobs.active_job()
+    if job is not None:
+        job.stop()
+        job.join(60)
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()[0]
+
+
+# ---- the core under concurrent requests ----------------------------------------------------------
+
+def test_eight_threads_sampling_at_once_get_what_their_seed_gives(model):
+    """8 sessions × 3 requests of the Sample page's default settings on one shared model."""
+    seeds = [[100 * s + r for r in range(REQUESTS_PER_SESSION)] for s in range(SESSIONS)]
+    # what each seed gives when nothing else runs (only the first request of each session, to save time)
+    alone = {row[0]: sample_view(model, SampleSettings(seed=row[0])).final_codes for row in seeds}
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    results: dict[int, np.ndarray] = {}
+    lock = threading.Lock()
+    barrier = threading.Barrier(SESSIONS)
+
+    def session(row: list[int]) -> None:
+        torch.set_num_threads(1)
+        barrier.wait()  # all sessions start together
+        for seed in row:
+            t0 = time.perf_counter()
+            try:
+                view = sample_view(model, SampleSettings(seed=seed))
+            except Exception as e:  # noqa: BLE001 -- recorded, and the test fails below
+                with lock:
+                    errors.append(f"seed {seed}: {type(e).__name__}: {e}")
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                results[seed] = view.final_codes
+            assert view.gif[:6] == b"GIF89a" and view.num_chains == 64 and view.steps_done == 500
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        list(pool.map(session, seeds))
+    wall = time.perf_counter() - start
+
+    figures = {
+        "sessions": SESSIONS, "requests": SESSIONS * REQUESTS_PER_SESSION, "completed": len(latencies),
+        "errors": len(errors), "p50_s": round(percentile(latencies, 0.5), 3), "p95_s": round(percentile(latencies, 0.95), 3),
+        "max_s": round(max(latencies, default=float("nan")), 3), "wall_s": round(wall, 2),
+        "settings": SampleSettings().as_dict(), "error_messages": errors,
+    }
+    report("concurrency_core", figures)
+    assert not errors, errors
+    assert len(latencies) == SESSIONS * REQUESTS_PER_SESSION
+    assert percentile(latencies, 0.95) < P95_BOUND_S
+    for seed, codes in alone.items():  # a shared model and 7 other threads change nothing
+        assert np.array_equal(results[seed], codes), f"seed {seed} gave other digits under load"
+    assert len({results[s].tobytes() for s in results}) == len(results), "different seeds must give different digits"
+
+
+@pytest.mark.parametrize("chains,steps", [(1024, 5000), (2000, 10), (1, 20_001), (1000, 2001)])
+def test_a_request_above_the_cap_is_refused_before_any_work(model, chains, steps):
+    calls = []
+    settings = SampleSettings(num_chains=chains, num_steps=steps)
+    t0 = time.perf_counter()
+    with pytest.raises(RequestTooLarge) as info:
+        sample_view(model, settings, callback=lambda step: calls.append(step))
+    assert time.perf_counter() - t0 < 1.0 and not calls, "no chain may run for a refused request"
+    message = str(info.value)
+    assert "at most" in message or "cap" in message
+    assert str(chains) in message or f"{steps:,}" in message or str(steps) in message
+
+
+def test_the_largest_allowed_request_is_bounded():
+    """What one request may cost: chains × K ≤ MAX_CHAIN_STEPS, and the boundary is exact."""
+    assert check_request_size(1000, MAX_CHAIN_STEPS // 1000) == MAX_CHAIN_STEPS
+    with pytest.raises(RequestTooLarge, match="K ≤ 2,000"):
+        check_request_size(1000, MAX_CHAIN_STEPS // 1000 + 1)
+
+
+# ---- one training at a time --------------------------------------------------------------------
+
+LONG_TRAINING = TrainConfig(ae_hidden_dim=16, ae_epochs=1, ae_batch_size=64, ebm_hidden_dim=8, ebm_iterations=100_000,
+                            ebm_batch_size=16, mcmc_steps=2, buffer_size=64)
+
+
+def test_a_second_training_is_refused_while_one_runs(isolated):
+    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    first = jobs.start_training(LONG_TRAINING, data_loader=loader, owner="alice")
+    try:
+        with pytest.raises(jobs.JobAlreadyRunning) as info:
+            jobs.start_training(LONG_TRAINING, data_loader=loader, owner="bob")
+        message = str(info.value)
+        assert first.id in message and "only one training runs at a time" in message
+        assert jobs.active_job() is first and jobs.latest_job() is first
+    finally:
+        first.stop()
+        assert first.join(60), "the training did not stop"
+    assert first.snapshot().state in ("stopped", "finished")
+    again = jobs.start_training(TrainConfig(**{**LONG_TRAINING.__dict__, "ebm_iterations": 10}), data_loader=loader)
+    assert again.join(120) and again.snapshot().state == "finished", again.snapshot().error
+
+
+def test_racing_training_requests_start_exactly_one(isolated):
+    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    barrier = threading.Barrier(SESSIONS)
+
+    def attempt(i: int):
+        barrier.wait()
+        try:
+            return jobs.start_training(LONG_TRAINING, data_loader=loader, owner=f"user{i}")
+        except jobs.JobAlreadyRunning as e:
+            return e
+
+    with ThreadPoolExecutor(SESSIONS) as pool:
+        outcomes = list(pool.map(attempt, range(SESSIONS)))
+    started = [o for o in outcomes if isinstance(o, jobs.TrainingJob)]
+    refused = [o for o in outcomes if isinstance(o, jobs.JobAlreadyRunning)]
+    try:
+        assert len(started) == 1 and len(refused) == SESSIONS - 1, outcomes
+        assert all(started[0].id in str(e) for e in refused)
+    finally:
+        for job in started:
+            job.stop()
+            job.join(60)
+
+
+# ---- sessions are isolated (AppTest: one session each, run in turns) -------------------------------
+
+def _open(page: str, query: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    if query:
+        at.query_params.update(query)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _view(at) -> dict:
+    """What a person sees of a Sample page: image contents (media ids hash the bytes), captions, metrics."""
+    return {
+        "images": [i.url for img in at.image for i in img.proto.imgs],
+        "captions": [c for img in at.image for c in img.captions],
+        "metrics": [(m.label, m.value) for m in at.metric],
+        "model": at.selectbox(key="model_choice").value,
+        "settings": {k: at.session_state[k] for k in ("s_sampler", "s_eps", "s_steps", "s_chains", "s_seed")},
+    }
+
+
+@pytest.fixture(scope="module")
+def other_weights(model) -> bytes:
+    """The shipped model with a steeper energy: a different density, so different digits."""
+    other, meta = load_model()
+    with torch.no_grad():
+        other.energy.out.weight.mul_(2.0)
+    return model_to_bytes(other, meta)
+
+
+def test_one_sessions_upload_and_settings_do_not_change_another_session(other_weights):
+    a = _open("pages/sample.py", {"seed": "3", "chains": "16", "K": "100"})
+    b = _open("pages/sample.py", {"seed": "3", "chains": "16", "K": "100"})
+    b_before = _view(b)
+    assert _view(a) == b_before, "two sessions with the same settings see the same digits"
+
+    a.file_uploader(key="model_upload").upload("steeper.safetensors", other_weights).run()
+    assert not a.exception and a.selectbox(key="model_choice").value.startswith("upload:")
+    a_uploaded = _view(a)
+    assert a_uploaded["images"] != b_before["images"], "another model must give other digits"
+
+    b.run()  # B reruns after A's upload: same model, same digits
+    assert _view(b) == b_before
+
+    a.slider(key="s_chains").set_value(25).run()
+    a.number_input(key="s_seed").set_value(11).run()
+    assert _view(a)["captions"] != b_before["captions"]
+    b.run()
+    assert _view(b) == b_before
+    assert "steeper.safetensors" not in str(b.sidebar.selectbox(key="model_choice").options)
+
+    # and B's own changes leave A alone
+    a_view = _view(a)
+    b.segmented_control(key="s_sampler").set_value("ula").run()
+    a.run()
+    assert _view(a) == a_view
+
+
+# ---- a real server and 8 browsers ----------------------------------------------------------------
+
+CHROMIUM = os.environ.get("EBM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+GRID_SRC_JS = """() => {
+    const el = [...document.querySelectorAll('[data-testid="stImage"]')].find(e => e.innerText.includes('samples after step'));
+    const img = el && el.querySelector('img');
+    const app = document.querySelector('[data-testid="stApp"]');
+    return img && app.getAttribute('data-test-script-state') === 'notRunning' ? img.src : null;
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        pytest.skip("the playwright package is not installed")
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $EBM_CHROMIUM)")
+    port = _free_port()
+    tmp = tmp_path_factory.mktemp("concurrency_server")
+    env = dict(os.environ, EBM_RUNS_DIR=str(tmp / "runs"), OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    with open(tmp / "streamlit.log", "w") as log:  # the server keeps its own copy of the file descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp / "streamlit.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "streamlit did not become healthy in 120 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+async def _browser_session(browser, url: str, index: int, latencies: list, errors: list, grids: dict,
+                           seed_base: int = 1000) -> None:
+    """One user: open the Sample page with a seed, then change the seed twice; each time wait for the new grid.
+
+    `latencies` gets (kind, seconds): "load" = page load to final grid shown, "change" = seed typed to new grid shown.
+    """
+    context = await browser.new_context(viewport={"width": 1200, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(180_000)
+    page.on("pageerror", lambda e: errors.append(f"session {index}: page error {e}"))
+    try:
+        seed = seed_base + index
+        t0 = time.perf_counter()
+        await page.goto(f"{url}/sample?seed={seed}")
+        await page.wait_for_function(GRID_SRC_JS)
+        latencies.append(("load", time.perf_counter() - t0))
+        src = await page.evaluate(GRID_SRC_JS)
+        grids[(seed_base, index, 0)] = src
+        box = page.get_by_label("Seed", exact=True)
+        for r in range(1, REQUESTS_PER_SESSION):
+            t0 = time.perf_counter()
+            await box.fill(str(seed + 100 * r))
+            await box.press("Enter")
+            await page.wait_for_function(f"(old) => {{ const s = ({GRID_SRC_JS})(); return s && s !== old; }}", arg=src)
+            latencies.append(("change", time.perf_counter() - t0))
+            src = await page.evaluate(GRID_SRC_JS)
+            grids[(seed_base, index, r)] = src
+        n = await page.locator('[data-testid="stException"]').count()
+        if n:
+            errors.append(f"session {index}: {n} exception box(es)")
+        if index == 0:
+            ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "screenshots" / f"concurrency_session0_{seed_base}.png"))
+    except Exception as e:  # noqa: BLE001 -- recorded, and the test fails below
+        errors.append(f"session {index}: {type(e).__name__}: {str(e)[:300]}")
+    finally:
+        await context.close()
+
+
+async def _too_large_session(browser, url: str, out: dict) -> None:
+    context = await browser.new_context()
+    page = await context.new_page()
+    t0 = time.perf_counter()
+    await page.goto(f"{url}/sample?chains=1024&K=5000")
+    warning = page.locator('[data-testid="stAlert"]').filter(has_text="too large")
+    await warning.wait_for(timeout=180_000)
+    out["refused_after_s"] = round(time.perf_counter() - t0, 2)
+    out["message"] = (await warning.inner_text())[:300]
+    out["images"] = await page.locator('[data-testid="stImage"]').count()
+    await context.close()
+
+
+def _figures(latencies: list, errors: list, sessions: int, wall: float) -> dict:
+    every = [t for _, t in latencies]
+    out = {"sessions": sessions, "requests": sessions * REQUESTS_PER_SESSION, "completed": len(every),
+           "errors": len(errors), "p50_s": round(percentile(every, 0.5), 2), "p95_s": round(percentile(every, 0.95), 2),
+           "max_s": round(max(every, default=float("nan")), 2), "wall_s": round(wall, 1)}
+    for kind in ("load", "change"):
+        some = [t for k, t in latencies if k == kind]
+        out[f"{kind}_p50_s"] = round(percentile(some, 0.5), 2)
+    return out
+
+
+def test_eight_browser_sessions_sample_at_once(live_server):
+    from playwright.async_api import async_playwright
+
+    baseline: list = []
+    latencies: list = []
+    errors: list[str] = []
+    grids: dict = {}
+    refused: dict = {}
+
+    async def main() -> tuple[float, float]:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                # one user alone first (also warms the server up), for comparison
+                t0 = time.perf_counter()
+                await _browser_session(browser, live_server, 0, baseline, errors, grids, seed_base=5000)
+                alone = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                await asyncio.gather(*(_browser_session(browser, live_server, i, latencies, errors, grids)
+                                       for i in range(SESSIONS)), _too_large_session(browser, live_server, refused))
+                return alone, time.perf_counter() - t0
+            finally:
+                await browser.close()
+
+    load_before = os.getloadavg()[0]
+    alone_wall, wall = asyncio.run(main())
+    figures = _figures(latencies, errors, SESSIONS, wall)
+    figures.update({
+        "one_session_alone": _figures(baseline, [], 1, alone_wall), "over_cap_request": refused,
+        "load_average_1min_before": round(load_before, 2), "cpu_count": os.cpu_count(), "error_messages": errors,
+        "note": "load = page load to final grid shown; change = seed typed to new grid shown; "
+                "server and 8 Chromium pages share the machine's cores",
+    })
+    report("concurrency_browser", figures)
+    assert not errors, errors
+    assert len(latencies) == SESSIONS * REQUESTS_PER_SESSION
+    assert percentile([t for _, t in latencies], 0.95) < P95_BOUND_S
+    assert len(set(grids.values())) == len(grids), "every (session, seed) must show its own digits"
+    assert refused.get("images") == 0 and "too large" in refused.get("message", "")
