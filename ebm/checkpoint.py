@@ -40,25 +40,30 @@ def model_to_bytes(model: LatentEBM, extra: dict | None = None) -> bytes:
     return save_bytes(tensors, metadata=metadata)
 
 
-def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
-    """Write atomically (temp file in the same folder, then rename); refuse to touch shipped weights."""
-    path = Path(path).resolve()
-    if path.parent == SHIPPED_WEIGHTS.parent.resolve() and os.environ.get("EBM_ALLOW_SHIPPED_WRITE") != "1":
-        raise WeightsError(f"refusing to overwrite the shipped weights folder {path.parent}; save runs elsewhere")
+def write_atomically(path: str | Path, data: bytes) -> Path:
+    """Write a temp file in the same folder, fsync, then rename: readers see the old file or the new one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = model_to_bytes(model, extra)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; weights are meant to be shared
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; these files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
+    """Write atomically; refuse to touch the shipped weights folder."""
+    path = Path(path).resolve()
+    if path.parent == SHIPPED_WEIGHTS.parent.resolve() and os.environ.get("EBM_ALLOW_SHIPPED_WRITE") != "1":
+        raise WeightsError(f"refusing to overwrite the shipped weights folder {path.parent}; save runs elsewhere")
+    return write_atomically(path, model_to_bytes(model, extra))
 
 
 def _config(metadata: dict, key: str, cls, name: str):

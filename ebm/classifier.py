@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from .checkpoint import REPO_ROOT, WeightsError
+from .checkpoint import REPO_ROOT, WeightsError, write_atomically
 from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
 
 FORMAT = "mnist-ebm-classifier/1"
@@ -122,21 +120,9 @@ def train_classifier(
 def save_classifier(model: MnistClassifier, path: str | Path = DEFAULT_CLASSIFIER, extra: dict | None = None) -> Path:
     """Write safetensors atomically (temp file in the same folder, then rename), readable by all."""
     path = Path(path).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "config": json.dumps(asdict(model.config)), "extra": json.dumps(extra or {})}
     data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, metadata=metadata)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, data)
 
 
 def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassifier, dict]:

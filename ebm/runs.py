@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .checkpoint import FORMAT, SHIPPED_WEIGHTS
+from .checkpoint import FORMAT, SHIPPED_WEIGHTS, write_atomically
 
 WEIGHTS_NAME = "model.safetensors"
 HISTORY_NAME = "history.json"
@@ -142,17 +141,7 @@ def find_run(name: str, runs_dir: str | Path | None = None) -> RunInfo | None:
 def write_history(run_dir: str | Path, history: dict) -> Path:
     """Write `history.json` into a run folder atomically."""
     run_dir = check_runs_dir(Path(run_dir).parent) / Path(run_dir).name
-    path = run_dir / HISTORY_NAME
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{HISTORY_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(history, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(run_dir / HISTORY_NAME, json.dumps(history).encode())
 
 
 def read_history(run: RunInfo | str | Path) -> dict | None:
