@@ -40,11 +40,12 @@ class TrainConfig:
     ebm_hidden_dim: int = 128
     ebm_layers: int = 3
     ebm_tilt_sigma: float = 3.0
-    ebm_iterations: int = 12000
+    ebm_iterations: int = 16000
     ebm_batch_size: int = 256
     negatives_per_datapoint: int = 1  # persistent chains advanced per data code each iteration
     ebm_lr: float = 1e-3
     ebm_train_images: int | None = None  # None: every training image's code
+    ebm_code_noise: float = 0.0  # std of noise added to the data codes (standardized units) in stage 2
     sampler: str = "mala"
     mcmc_steps: int = 20
     mcmc_step_size: float = 0.2
@@ -68,7 +69,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("energy_reg", "ae_code_penalty", "ae_latent_noise"):
+        for name in ("energy_reg", "ae_code_penalty", "ae_latent_noise", "ebm_code_noise"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
@@ -119,10 +120,10 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.ae_lr, total_steps=max(total, 1), pct_start=0.1)
     start, step = time.perf_counter(), 0
     report_every = max(1, batches_per_epoch // 20)
+    smoothed = None  # moving average of the batch losses: no jump at epoch boundaries in the charts
     for epoch in range(1, cfg.ae_epochs + 1):
         model.train()
         order = torch.randperm(len(train_images), generator=gen)
-        running = []
         for b in range(batches_per_epoch):
             batch = train_images[order[b * cfg.ae_batch_size : (b + 1) * cfg.ae_batch_size]].to(cfg.device)
             loss, bce = autoencoder_loss(model, batch, cfg, noise=True)
@@ -131,10 +132,10 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
             opt.step()
             sched.step()
             step += 1
-            running.append(bce.item())
+            smoothed = bce.item() if smoothed is None else 0.95 * smoothed + 0.05 * bce.item()
             if step % report_every == 0 and b != batches_per_epoch - 1:
                 yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
-                               {"train_bce": sum(running) / len(running)})
+                               {"train_bce": smoothed})
         model.eval()
         with torch.no_grad():
             test_bce = sum(
@@ -142,7 +143,7 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
                 for chunk in test_images.split(2048)
             ) / len(test_images)
         yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
-                       {"train_bce": sum(running) / len(running), "test_bce": test_bce})
+                       {"train_bce": smoothed, "test_bce": test_bce})
 
 
 @torch.no_grad()
@@ -168,6 +169,8 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
     good_state, good_opt, rollbacks = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()), 0
     for it in range(1, cfg.ebm_iterations + 1):
         data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
+        if cfg.ebm_code_noise:
+            data = data + cfg.ebm_code_noise * torch.randn(data.shape, generator=gen)
         indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
         energy.eval()
         sampler = build_sampler(cfg.sampler, energy.energy_and_grad, step_size, gen)
