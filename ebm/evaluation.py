@@ -44,7 +44,7 @@ DEFAULT_OUT_DIR = Path("runs/eval")
 BASELINES = {"gaussian": 1, "gmm10": 10, "gmm50": 50}  # name -> number of full-covariance components
 GRID_RESOLUTION = 32  # points per axis of the coarse grid; the check grid has twice as many
 GRID_MARGIN = 1.5  # box = range of the training codes +- margin (standardized units); check: 2x
-IS_SAMPLES = 200_000
+IS_SAMPLES = 1_000_000
 
 
 # -----------------------------------------------------------------------------

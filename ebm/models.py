@@ -103,23 +103,22 @@ class EnergyNet(nn.Module):
 
     @torch.no_grad()
     def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, d) -> ((N,) energies, (N, d) gradients dE/dz), by a hand-written backward pass."""
-        h = z
-        sigmoids, activations = [], []
+        """(N, d) -> ((N,) energies, (N, d) gradients dE/dz), by a hand-written backward pass.
+
+        Keeps only the pre-activations; aten's fused silu_backward computes g * silu'(u) in one
+        pass, which halves the elementwise work compared with building silu' from sigmoids.
+        """
+        h, pre_activations = z, []
         for layer in self.hidden:
             u = torch.addmm(layer.bias, h, layer.weight.t())
-            s = torch.sigmoid(u)
-            h = u.mul_(s)  # silu(u) = u * sigmoid(u), in place: u is not needed again
-            sigmoids.append(s)
-            activations.append(h)
+            pre_activations.append(u)
+            h = nn.functional.silu(u)
         inv_var = 1.0 / self.config.tilt_sigma**2
         energy = torch.addmv(self.out.bias, h, self.out.weight[0])
         energy.add_(z.square().sum(-1), alpha=0.5 * inv_var)
-        # d silu(u)/du = s + silu(u) * (1 - s)
         g = self.out.weight.expand(z.shape[0], -1)
-        for layer, s, a in zip(reversed(self.hidden), reversed(sigmoids), reversed(activations)):
-            local = torch.addcmul(s, a, 1.0 - s)
-            g = (g * local) @ layer.weight
+        for layer, u in zip(reversed(self.hidden), reversed(pre_activations)):
+            g = torch.ops.aten.silu_backward(g, u) @ layer.weight
         g.add_(z, alpha=inv_var)
         return energy, g
 
