@@ -170,3 +170,28 @@ def test_cli_train_on_tiny_dataset_writes_a_loadable_run(tiny_data_dir, tmp_path
     (run,) = tmp_path.glob("*/model.safetensors")
     model, extra = load_model(run)
     assert extra["dataset"] == "mnist" and extra["train_config"]["ebm_iterations"] == TINY_CONFIG["ebm_iterations"]
+
+
+def test_original_train_flags_map_onto_the_config(monkeypatch):
+    import train as original_train
+
+    seen = {}
+    monkeypatch.setattr(original_train, "run_train", lambda args: seen.update(vars(args)))
+    monkeypatch.setattr("sys.argv", ["train.py", "--auto_hidden_dim", "1024", "--encoded_dim", "4", "--auto_num_epochs", "30",
+                                     "--auto_batch_size", "64", "--auto_lr", "3e-4", "--ebm_hidden_dim", "8", "--ebm_num_epochs", "3",
+                                     "--ebm_batch_size", "1024", "--ebm_lr", "3e-4", "--mcmc_samples_per_datapoint", "8"])
+    original_train.main()
+    assert (seen["ae_hidden_dim"], seen["latent_dim"], seen["ae_epochs"], seen["ae_batch_size"]) == (1024, 4, 30, 64)
+    assert (seen["ebm_hidden_dim"], seen["ebm_batch_size"], seen["negatives_per_datapoint"]) == (8, 1024, 8)
+    assert seen["ebm_iterations"] == 3 * 59  # three passes over 60,000 codes in batches of 1024
+    assert seen["ae_lr"] == seen["ebm_lr"] == 3e-4
+
+
+def test_original_infer_writes_files_instead_of_a_plot_window(tmp_path, monkeypatch):
+    import infer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["infer.py", "--num_images", "10"])
+    infer.main()
+    assert iio.imread(tmp_path / "samples" / "grid.png").ndim == 2
+    assert len(iio.imread(tmp_path / "samples" / "chains.gif", index=None)) > 1
