@@ -58,6 +58,16 @@ def number_field(name: str, spec: tuple) -> float | int:
                            step=float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01)
 
 
+def stage_fields(specs: dict, ncols: int) -> dict:
+    """One number field per hyperparameter of a stage, laid out in `ncols` columns."""
+    cols = st.columns(ncols)
+    values = {}
+    for n, (name, spec) in enumerate(specs.items()):
+        with cols[n % ncols]:
+            values[name] = number_field(name, spec)
+    return values
+
+
 def config_form(disabled: bool) -> TrainConfig | None:
     """The hyperparameter form; returns a config when Start is pressed."""
     with st.form("train_config", border=True):
@@ -76,16 +86,10 @@ def config_form(disabled: bool) -> TrainConfig | None:
         s1, s2 = st.columns(2, gap="large")
         with s1:
             st.markdown("**Stage 1 · autoencoder** (binary cross-entropy, noisy codes)")
-            cols = st.columns(2)
-            for n, (name, spec) in enumerate(STAGE1.items()):
-                with cols[n % 2]:
-                    values[name] = number_field(name, spec)
+            values.update(stage_fields(STAGE1, 2))
         with s2:
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
-            cols = st.columns(3)
-            for n, (name, spec) in enumerate(STAGE2.items()):
-                with cols[n % 3]:
-                    values[name] = number_field(name, spec)
+            values.update(stage_fields(STAGE2, 3))
             values["sampler"] = st.segmented_control("Negatives sampler", ("mala", "ula"), default=DEFAULTS.sampler,
                                                      key="t_sampler", required=True, format_func=str.upper)
         submitted = st.form_submit_button("Start training", icon=":material/play_arrow:", type="primary", disabled=disabled)

@@ -25,7 +25,8 @@ TIMEOUT = 60
 
 @pytest.fixture(autouse=True)
 def environment(tmp_path, monkeypatch):
-    """Runs under tmp, an empty data dir, one torch thread, no training left running afterwards."""
+    """Runs under tmp, an empty data dir, one torch thread, no earlier trainings, none left running afterwards."""
+    monkeypatch.setattr(jobs, "_jobs", [])  # the server's training registry, as on a fresh server
     monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
     monkeypatch.setenv("EBM_TORCH_THREADS", "1")

@@ -71,24 +71,30 @@ def test_training_runs_in_the_background_and_saves_a_run(tmp_path):
     assert len(history["events"]) == len(snap.events) and history["stopped_early"] is False
 
 
-def test_a_second_training_is_refused_while_one_runs(tmp_path):
-    release = threading.Event()
+def loader_waiting_for(release: threading.Event):
+    """A data loader that blocks until `release` is set (at most 30 s), to hold a job in 'loading data'."""
     synthetic = jobs.synthetic_data_loader()
 
     def slow_loader(name, split, threshold):
         release.wait(30)
         return synthetic(name, split, threshold)
 
+    return slow_loader
+
+
+def test_a_second_training_is_refused_while_one_runs(tmp_path):
+    release = threading.Event()
+    slow_loader = loader_waiting_for(release)
     job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
     try:
         assert job.snapshot().state in ("starting", "loading data")
         assert jobs.active_job() is job
         with pytest.raises(jobs.JobAlreadyRunning, match="already running"):
-            jobs.start_training(tiny(), tmp_path, data_loader=synthetic)
+            jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
     finally:
         release.set()
     assert job.join(60) and job.snapshot().state == "finished"
-    second = jobs.start_training(tiny(), tmp_path, data_loader=synthetic)  # free again
+    second = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())  # free again
     assert second.join(60) and len(runs.list_runs(tmp_path)) == 2
 
 
@@ -125,12 +131,7 @@ def test_stop_during_the_autoencoder_still_gives_a_usable_model(tmp_path):
 
 def test_stop_while_loading_data_saves_nothing(tmp_path):
     release = threading.Event()
-    synthetic = jobs.synthetic_data_loader()
-
-    def slow_loader(name, split, threshold):
-        release.wait(30)
-        return synthetic(name, split, threshold)
-
+    slow_loader = loader_waiting_for(release)
     job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
     job.stop()
     assert job.snapshot().state == "stopping"
