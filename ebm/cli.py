@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -23,9 +22,9 @@ from .data import DATASETS, DatasetError, default_data_dir, load_binarized
 from .evaluation import add_evaluate_arguments, run_evaluate
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
+from .runs import new_run_dir
 from .training import TrainConfig, build_model, run_metadata, train
 
-DEFAULT_RUNS_DIR = Path("runs")
 
 
 def positive_int(text: str) -> int:
@@ -48,18 +47,6 @@ def pick_device(name: str) -> str:
     return name
 
 
-def new_run_dir(root: Path, dataset: str) -> Path:
-    """A fresh folder under the runs directory, named by time and dataset."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / f"{stamp}-{dataset}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = root / f"{stamp}-{dataset}-{suffix}"
-    path.mkdir(parents=True)
-    return path
-
-
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its default, so the CLI and the config never drift apart."""
     for f in fields(TrainConfig):
@@ -76,7 +63,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
-    p.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where the trained weights go")
+    p.add_argument("--runs-dir", type=Path, default=None, help="where the trained weights go (default $EBM_RUNS_DIR or runs/)")
     p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
 
 

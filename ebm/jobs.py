@@ -39,6 +39,7 @@ from .training import (
     DivergenceError,
     TrainConfig,
     build_model,
+    energy_training_images,
     run_metadata,
     standardize_codes,
     train,
@@ -247,8 +248,7 @@ class TrainingJob:
             reached_energy = any(e["stage"] == "energy" for e in snap.events)
             if not reached_energy:
                 # stopped during stage 1: fit the code statistics so the decoder is usable
-                subset = train_x if cfg.ebm_train_images is None else train_x[: cfg.ebm_train_images]
-                standardize_codes(model, subset, cfg.device)
+                standardize_codes(model, energy_training_images(train_x, cfg), cfg.device)
             extra = run_metadata(cfg)
             extra.update({
                 "stopped_early": stopped,

@@ -6,7 +6,11 @@ before running chains; the CLI is not capped, since there the user pays for what
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from .sampling import check_int
 
 MAX_APP_CHAINS = 1024
 """Most chains one interactive request may run."""
@@ -31,19 +35,13 @@ class RequestTooLarge(ValueError):
     """An interactive request above the caps; the message says which cap and what would fit."""
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
-
-
 def check_request_size(num_chains: int, num_steps: int) -> int:
     """Raise RequestTooLarge unless chains ≤ MAX_APP_CHAINS, K ≤ MAX_APP_STEPS and chains × K ≤ MAX_CHAIN_STEPS.
 
     Returns the request's chain-steps (chains × K).
     """
-    chains = _positive_int("number of chains", num_chains)
-    steps = _positive_int("number of steps K", num_steps)
+    chains = check_int("number of chains", num_chains, 1, math.inf)
+    steps = check_int("number of steps K", num_steps, 1, math.inf)
     if chains > MAX_APP_CHAINS:
         raise RequestTooLarge(f"{chains} chains requested; the app runs at most {MAX_APP_CHAINS} at once")
     if steps > MAX_APP_STEPS:
@@ -60,8 +58,8 @@ def check_request_size(num_chains: int, num_steps: int) -> int:
 
 def frame_indices(num_records: int, max_frames: int = MAX_GIF_FRAMES) -> list[int]:
     """Indices of at most `max_frames` records, evenly spread, always including the first and last."""
-    num_records = _positive_int("number of records", num_records)
-    max_frames = _positive_int("max_frames", max_frames)
+    num_records = check_int("number of records", num_records, 1, math.inf)
+    max_frames = check_int("max_frames", max_frames, 1, math.inf)
     if num_records <= max_frames:
         return list(range(num_records))
     if max_frames == 1:

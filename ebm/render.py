@@ -53,13 +53,6 @@ class SampleView:
     paths: np.ndarray  # (records, path_chains, d) recorded positions of the first chains
 
 
-def _thin(steps: int, max_points: int) -> np.ndarray:
-    """0-based indices of at most max_points steps, evenly spread, last step included."""
-    if steps <= max_points:
-        return np.arange(steps)
-    return np.unique(np.linspace(0, steps - 1, max_points).round().astype(int))
-
-
 def render_samples(
     model: LatentEBM,
     result: ChainResult,
@@ -78,7 +71,7 @@ def render_samples(
     scale = 2 if chains <= 256 else 1
     grid = image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=scale)
     steps = result.energies.shape[0]
-    idx = _thin(steps, MAX_TRACE_POINTS)
+    idx = np.asarray(frame_indices(steps, MAX_TRACE_POINTS))
     energies = result.energies.numpy()
     acceptance = result.acceptance.numpy()
     return SampleView(

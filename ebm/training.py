@@ -231,14 +231,18 @@ def standardize_codes(model: LatentEBM, images: torch.Tensor, device: str = "cpu
     return (raw - model.code_mean) / model.code_std
 
 
+def energy_training_images(train_images: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The images whose codes stage 2 fits: all of them, or the first `ebm_train_images`."""
+    return train_images if cfg.ebm_train_images is None else train_images[: cfg.ebm_train_images]
+
+
 def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
     """Both stages in order on binarized (N, 784) images; the model is trained in place."""
     cfg.validate()
     torch.manual_seed(cfg.seed)
     model.to(cfg.device)
     yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg)
-    subset = train_images if cfg.ebm_train_images is None else train_images[: cfg.ebm_train_images]
-    codes = standardize_codes(model, subset, cfg.device)
+    codes = standardize_codes(model, energy_training_images(train_images, cfg), cfg.device)
     yield from train_energy(model, codes, cfg)
 
 
