@@ -381,10 +381,11 @@ def data_codes(loaded: LoadedModel, split: str, limit: int) -> tuple[torch.Tenso
 # ---- sampling and landscape -----------------------------------------------------------------
 def _progress_callback(total: int) -> tuple[Callable[[int], None], Any]:
     bar = st.progress(0.0, text=f"Langevin step 0 / {total}")
-    every = max(1, total // 50)
+    every, shown = max(1, total // 50), [0]
 
-    def update(step: int) -> None:
-        if step % every == 0 or step == total:
+    def update(step: int) -> None:  # called after each block of steps; redraw at most ~50 times
+        if step - shown[0] >= every or step == total:
+            shown[0] = step
             bar.progress(step / total, text=f"Langevin step {step:,} / {total:,}")
 
     return update, bar

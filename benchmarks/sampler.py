@@ -3,7 +3,8 @@
 Both run unadjusted Langevin on the same energy net, in one process, one after the other:
 - naive: per step, wrap the state in a fresh leaf tensor, forward through the module,
   `backward()`, copy the gradient (what the original train.py/infer.py did);
-- ours: `ebm.sampling.ula` + `run_chains`, with the net's hand-written gradient.
+- ours: `ebm.sampling.ula` + `run_chains` on `net.sampling_energy()`, the compiled kernel
+  (`ebm.kernels`) that runs each block of steps in one call.
 
 It also probes the machine's matmul rate to give the FLOP-bound chain-step rate of the net.
 Run: python benchmarks/sampler.py [--weights weights/mnist_d4.safetensors] [--repeats 3]
@@ -38,7 +39,7 @@ def naive_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) 
 
 def ours_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
-    sampler = ula(net.energy_and_grad, STEP_SIZE, gen)
+    sampler = ula(net.sampling_energy(), STEP_SIZE, gen)
     state = sampler.init(torch.randn(chains, net.config.latent_dim, generator=gen))
     start = time.perf_counter()
     run_chains(sampler, state, steps)

@@ -71,7 +71,7 @@ def sample_chains(
     settings.validate()
     generator = torch.Generator().manual_seed(int(settings.seed))
     start = initial_codes(settings, model.latent_dim, generator, data_codes)
-    sampler = build_sampler(settings.sampler, model.energy_and_grad, settings.step_size, generator)
+    sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator)
     return run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every, callback)
 
 

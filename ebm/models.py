@@ -122,6 +122,15 @@ class EnergyNet(nn.Module):
         g.add_(z, alpha=inv_var)
         return energy, g
 
+    def sampling_energy(self):
+        """What samplers should call: a compiled snapshot of the net on the CPU (`ebm.kernels.FastEnergy`),
+        `energy_and_grad` elsewhere. The snapshot does not follow later weight updates."""
+        if self.out.weight.device.type != "cpu":
+            return self.energy_and_grad
+        from .kernels import FastEnergy  # numba compiles on first use; importers that never sample skip it
+
+        return FastEnergy(self)
+
 
 class LatentEBM(nn.Module):
     """The whole generative model: autoencoder + energy net on standardized latent codes.
@@ -155,3 +164,6 @@ class LatentEBM(nn.Module):
 
     def energy_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.energy.energy_and_grad(codes)
+
+    def sampling_energy(self):
+        return self.energy.sampling_energy()

@@ -1,7 +1,9 @@
 """Langevin samplers over a batch of chains, in BlackJAX's shape.
 
-A sampler is a pair `init(position) -> state` and `step(state) -> (state, info)`.
-The target density is p(z) ∝ exp(-E(z)), given by a function returning E and ∇E.
+A sampler is a pair `init(position) -> state` and `step(state) -> (state, info)`, plus
+`steps(state, n)` for a block of n steps. The target density is p(z) ∝ exp(-E(z)), given by
+a function returning E and ∇E; when that function also has a `langevin` method (as
+`ebm.kernels.FastEnergy` does), whole blocks run in its compiled kernel.
 
 ULA:  z' = z - (ε²/2) ∇E(z) + ε ξ,   ξ ~ N(0, I)          (biased for finite ε)
 MALA: the same proposal, accepted with the Metropolis-Hastings probability,
@@ -21,6 +23,8 @@ EnergyAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 MAX_CHAINS = 65_536
 MAX_STEPS = 1_000_000
 MAX_TRACE_ENTRIES = 200_000_000  # chains x steps of the per-step traces (float32: 0.8 GB each)
+BLOCK_STEPS = 64  # run_chains advances this many steps per call of `steps` (and per callback)
+MAX_BLOCK_NUMBERS = 1 << 22  # cap on a block's noise (chains x steps x d), 16 MB in float32
 DEFAULT_TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance (Roberts & Rosenthal 1998)
 
 
@@ -39,9 +43,24 @@ class LangevinInfo(NamedTuple):
     is_accepted: torch.Tensor  # (chains,) bool
 
 
+class LangevinTraces(NamedTuple):
+    """What a block of steps did: every step's positions, energies and acceptance probabilities."""
+
+    positions: torch.Tensor  # (steps, chains, d)
+    energies: torch.Tensor  # (steps, chains)
+    acceptance: torch.Tensor  # (steps, chains)
+
+
 class SamplingAlgorithm(NamedTuple):
+    """`step` advances one step; `steps(state, n)` advances n, compiled when the energy allows.
+
+    Both draw their randomness the same way (normals (n, chains, d), then for MALA uniforms
+    (n, chains)), so `steps(state, 1)` and `step(state)` are the same move.
+    """
+
     init: Callable[[torch.Tensor], LangevinState]
     step: Callable[[LangevinState], tuple[LangevinState, LangevinInfo]]
+    steps: Callable[[LangevinState, int], tuple[LangevinState, LangevinTraces]]
 
 
 class ChainResult(NamedTuple):
@@ -80,55 +99,74 @@ def check_positions(position: torch.Tensor) -> torch.Tensor:
     return position
 
 
-def _init(energy_and_grad: EnergyAndGrad) -> Callable[[torch.Tensor], LangevinState]:
+def langevin_move(energy_and_grad: EnergyAndGrad, state: LangevinState, noise: torch.Tensor, uniform: torch.Tensor | None,
+                  step_size: float) -> tuple[LangevinState, LangevinInfo]:
+    """One Langevin move with the given noise; `uniform` None means ULA, else MALA's accept test."""
+    drift = 0.5 * step_size * step_size
+    proposal = state.position - drift * state.grad + step_size * noise
+    energy, grad = energy_and_grad(proposal)
+    if uniform is None:
+        ones = torch.ones_like(energy)
+        return LangevinState(proposal, energy, grad), LangevinInfo(ones, ones.bool())
+    # log q(x'|x) = -|ξ|²/2;  log q(x|x') = -|x - x' + (ε²/2)∇E(x')|² / (2ε²)
+    backward = state.position - proposal + drift * grad
+    log_q_ratio = 0.5 * noise.square().sum(-1) - backward.square().sum(-1) / (2 * step_size * step_size)
+    log_alpha = torch.nan_to_num(state.energy - energy + log_q_ratio, nan=-math.inf)
+    accept_prob = log_alpha.clamp(max=0.0).exp()
+    accepted = uniform < accept_prob
+    keep = accepted.unsqueeze(-1)
+    new_state = LangevinState(
+        torch.where(keep, proposal, state.position),
+        torch.where(accepted, energy, state.energy),
+        torch.where(keep, grad, state.grad),
+    )
+    return new_state, LangevinInfo(accept_prob, accepted)
+
+
+def _langevin(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None, adjusted: bool) -> SamplingAlgorithm:
+    eps = check_step_size(step_size)
+    compiled = getattr(energy_and_grad, "langevin", None)  # e.g. ebm.kernels.FastEnergy
+
     def init(position: torch.Tensor) -> LangevinState:
         position = check_positions(position)
         energy, grad = energy_and_grad(position)
         return LangevinState(position, energy, grad)
 
-    return init
+    def draw(state: LangevinState, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dtype = state.position.dtype
+        noise = torch.randn((n, *state.position.shape), generator=generator, dtype=dtype)
+        uniform = torch.rand((n, state.position.shape[0]), generator=generator, dtype=dtype) if adjusted else None
+        return noise, uniform
+
+    def steps(state: LangevinState, n: int) -> tuple[LangevinState, LangevinTraces]:
+        noise, uniform = draw(state, n)
+        if compiled is not None:
+            uniform = uniform if adjusted else torch.empty(n, state.position.shape[0])
+            position, energy, grad, positions, energies, acceptance = compiled(*state, noise, uniform, eps, adjusted)
+            return LangevinState(position, energy, grad), LangevinTraces(positions, energies, acceptance)
+        positions, energies, acceptance = [], [], []
+        for t in range(n):
+            state, info = langevin_move(energy_and_grad, state, noise[t], None if uniform is None else uniform[t], eps)
+            positions.append(state.position)
+            energies.append(state.energy)
+            acceptance.append(info.acceptance_prob)
+        return state, LangevinTraces(torch.stack(positions), torch.stack(energies), torch.stack(acceptance))
+
+    def step(state: LangevinState) -> tuple[LangevinState, LangevinInfo]:
+        noise, uniform = draw(state, 1)
+        return langevin_move(energy_and_grad, state, noise[0], None if uniform is None else uniform[0], eps)
+
+    return SamplingAlgorithm(init, step, steps)
 
 
 def ula(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None = None) -> SamplingAlgorithm:
     """Unadjusted Langevin algorithm: every proposal is taken."""
-    eps = check_step_size(step_size)
-    drift = 0.5 * eps * eps
-
-    def step(state: LangevinState) -> tuple[LangevinState, LangevinInfo]:
-        noise = torch.randn(state.position.shape, generator=generator, dtype=state.position.dtype)
-        position = state.position - drift * state.grad + eps * noise
-        energy, grad = energy_and_grad(position)
-        ones = torch.ones_like(energy)
-        return LangevinState(position, energy, grad), LangevinInfo(ones, ones.bool())
-
-    return SamplingAlgorithm(_init(energy_and_grad), step)
+    return _langevin(energy_and_grad, step_size, generator, adjusted=False)
 
 
 def mala(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None = None) -> SamplingAlgorithm:
     """Metropolis-adjusted Langevin algorithm: the ULA proposal plus an accept/reject test."""
-    eps = check_step_size(step_size)
-    drift = 0.5 * eps * eps
-
-    def step(state: LangevinState) -> tuple[LangevinState, LangevinInfo]:
-        noise = torch.randn(state.position.shape, generator=generator, dtype=state.position.dtype)
-        proposal = state.position - drift * state.grad + eps * noise
-        energy, grad = energy_and_grad(proposal)
-        # log q(x'|x) = -|ξ|²/2;  log q(x|x') = -|x - x' + (ε²/2)∇E(x')|² / (2ε²)
-        backward = state.position - proposal + drift * grad
-        log_q_ratio = 0.5 * noise.square().sum(-1) - backward.square().sum(-1) / (2 * eps * eps)
-        log_alpha = torch.nan_to_num(state.energy - energy + log_q_ratio, nan=-math.inf)
-        accept_prob = log_alpha.clamp(max=0.0).exp()
-        uniform = torch.rand(accept_prob.shape, generator=generator, dtype=accept_prob.dtype)
-        accepted = uniform < accept_prob
-        keep = accepted.unsqueeze(-1)
-        new_state = LangevinState(
-            torch.where(keep, proposal, state.position),
-            torch.where(accepted, energy, state.energy),
-            torch.where(keep, grad, state.grad),
-        )
-        return new_state, LangevinInfo(accept_prob, accepted)
-
-    return SamplingAlgorithm(_init(energy_and_grad), step)
+    return _langevin(energy_and_grad, step_size, generator, adjusted=True)
 
 
 SAMPLERS: dict[str, Callable[..., SamplingAlgorithm]] = {"ula": ula, "mala": mala}
@@ -174,6 +212,11 @@ def check_num_steps(num_steps: int) -> int:
     return check_int("number of steps K", num_steps, 1, MAX_STEPS)
 
 
+def block_length(chains: int, dim: int) -> int:
+    """Steps per block in `run_chains`: 64, fewer when a block's noise would pass 4M numbers."""
+    return max(1, min(BLOCK_STEPS, MAX_BLOCK_NUMBERS // (chains * dim)))
+
+
 def run_chains(
     sampler: SamplingAlgorithm,
     state: LangevinState,
@@ -183,27 +226,30 @@ def run_chains(
 ) -> ChainResult:
     """Run `num_steps` steps, recording positions every `record_every` steps and every step's traces.
 
-    `callback(step)` is called after each step; returning True stops early (the result then
-    holds the steps done so far).
+    The steps run in blocks (`block_length`), fixed by the step count alone, so the chains do
+    not depend on `record_every`. `callback(step)` is called after each block; returning True
+    stops early (the result then holds the steps done so far).
     """
     num_steps = check_num_steps(num_steps)
     record_every = num_steps if record_every is None else check_int("record_every", record_every, 1, MAX_STEPS)
-    chains = state.position.shape[0]
+    chains, dim = state.position.shape
     if chains * num_steps > MAX_TRACE_ENTRIES:
         raise ValueError(f"{chains} chains x {num_steps} steps is more than {MAX_TRACE_ENTRIES:,} chain-steps; use fewer")
     energies = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     acceptance = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     records, record_steps = [state.position], [0]
-    done = 0
-    for t in range(1, num_steps + 1):
-        state, info = sampler.step(state)
-        energies[t - 1] = state.energy
-        acceptance[t - 1] = info.acceptance_prob
-        done = t
-        if t % record_every == 0 or t == num_steps:
-            records.append(state.position)
-            record_steps.append(t)
-        if callback is not None and callback(t):
+    done, block = 0, block_length(chains, dim)
+    while done < num_steps:
+        n = min(block, num_steps - done)
+        state, traces = sampler.steps(state, n)
+        energies[done:done + n] = traces.energies
+        acceptance[done:done + n] = traces.acceptance
+        for t in range(done + 1, done + n + 1):
+            if t % record_every == 0 or t == num_steps:
+                records.append(traces.positions[t - done - 1])
+                record_steps.append(t)
+        done += n
+        if callback is not None and callback(done):
             break
     if record_steps[-1] != done:
         records.append(state.position)

@@ -7,6 +7,7 @@ import torch
 
 from ebm.models import EnergyConfig, EnergyNet
 from ebm.sampling import (
+    BLOCK_STEPS,
     MAX_CHAINS,
     ReplayBuffer,
     adapt_mala_step_size,
@@ -145,12 +146,15 @@ def test_run_chains_records_and_traces():
     assert torch.allclose(result.energies[-1], 0.5 * result.state.position.square().sum(-1))
 
 
-def test_callback_stops_early_and_keeps_the_steps_done():
+def test_callback_runs_after_each_block_and_stops_early_keeping_the_steps_done():
     gen = torch.Generator().manual_seed(0)
     kernel = ula(gaussian_energy, 0.5, gen)
-    result = run_chains(kernel, kernel.init(torch.zeros(4, 4)), 100, record_every=30, callback=lambda t: t >= 42)
-    assert result.record_steps == [0, 30, 42]
-    assert result.energies.shape == (42, 4)
+    calls = []
+    result = run_chains(kernel, kernel.init(torch.zeros(4, 4)), 200, record_every=30, callback=lambda t: calls.append(t) or t >= 100)
+    assert calls == [BLOCK_STEPS, 2 * BLOCK_STEPS]
+    assert result.record_steps == [0, 30, 60, 90, 120, 128]
+    assert result.energies.shape == (128, 4)
+    assert torch.equal(result.trajectory[-1], result.state.position)
 
 
 def test_step_size_adaptation_reaches_target_acceptance():
