@@ -135,7 +135,7 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
                     forward_sq += noise[t, i, k] * noise[t, i, k]
                     backward_sq += back * back
                 log_alpha = (energy[i] - energy_new[i]) + 0.5 * forward_sq - backward_sq / (2.0 * step_size * step_size)
-                if log_alpha != log_alpha:  # NaN: reject
+                if math.isnan(log_alpha):  # a NaN ratio rejects
                     accept_prob = 0.0
                 elif log_alpha < 0.0:
                     accept_prob = math.exp(log_alpha)
