@@ -40,20 +40,19 @@ def silu_rows(pre, bias, hidden, deriv):
     does, and it agrees with the exact sigmoid to a relative 1e-6.
     """
     n_rows, width = pre.shape
+    bits = deriv.view(np.int32)
     for i in range(n_rows):
-        d_row = deriv[i]
-        bits = d_row.view(np.int32)
         for j in range(width):
             u = pre[i, j] + bias[j]
             t = min(max(-u, _f(-87.0)), _f(87.0)) * LOG2E
             n = np.floor(t + _f(0.5))
             f = t - n
             p = P0 + f * (P1 + f * (P2 + f * (P3 + f * (P4 + f * (P5 + f * (P6 + f * P7))))))
-            bits[j] = (np.int32(n) + 127) << 23  # the float 2^n
-            s = _f(1.0) / (_f(1.0) + p * d_row[j])
+            bits[i, j] = (np.int32(n) + 127) << 23  # the float 2^n
+            s = _f(1.0) / (_f(1.0) + p * deriv[i, j])
             h = u * s
             hidden[i, j] = h
-            d_row[j] = s + h * (_f(1.0) - s)
+            deriv[i, j] = s + h * (_f(1.0) - s)
 
 
 @jit
