@@ -46,18 +46,15 @@ def ours_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) -
     return chains * steps / (time.perf_counter() - start)
 
 
-def matmul_flops_per_s(rows: int, width: int, repeats: int = 50, trials: int = 5) -> float:
-    """Measured float32 matmul rate at the net's own shape (rows x width @ width x width), best of `trials`."""
+def matmul_flops_per_s(rows: int, width: int, repeats: int = 50) -> float:
+    """Measured float32 matmul rate at the net's own shape (rows x width @ width x width)."""
     a, b = torch.randn(rows, width), torch.randn(width, width)
     for _ in range(5):
         a @ b
-    best = 0.0
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * rows * width * width * repeats / (time.perf_counter() - start))
-    return best
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * width * width * repeats / (time.perf_counter() - start)
 
 
 def flops_per_chain_step(net: EnergyNet) -> int:

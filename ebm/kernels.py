@@ -63,80 +63,13 @@ def tile_scratch(n, width, layers):
 
 
 @jit
-def exp_rows(x):
-    """x <- exp(x) in place on a (rows, n) array of arguments <= 0, with the exp of `silu_rows`."""
-    bits = x.view(np.int32)
-    rows, n = x.shape
-    for r in range(rows):
-        for i in range(n):
-            t = max(x[r, i], _f(-87.0)) * LOG2E
-            m = np.floor(t + _f(0.5))
-            f = t - m
-            p = P0 + f * (P1 + f * (P2 + f * (P3 + f * (P4 + f * (P5 + f * (P6 + f * P7))))))
-            bits[r, i] = (np.int32(m) + 127) << 23
-            x[r, i] = p * x[r, i]
-
-
-@jit
-def add_base_tile(z, log_norm, means, chol, energy, grad):
-    """Add -log q(z) and its gradient for a Gaussian-mixture base q = Σ_k exp(c_k - |(z - μ_k) U_k|² / 2).
-
-    Energy -logsumexp_k(...), gradient Σ_k r_k U_k y_k with y_k = (z - μ_k) U_k and r the
-    responsibilities. Loops run over the chains innermost, so they vectorise.
-    """
-    n, d = z.shape
-    components = log_norm.shape[0]
-    if components == 0:
-        return
-    zt = np.ascontiguousarray(z.T)
-    y = np.zeros((components, d, n), np.float32)
-    log_q = np.empty((components, n), np.float32)
-    for k in range(components):
-        log_q[k] = log_norm[k]
-        for e in range(d):
-            for c in range(d):
-                mean, u = means[k, c], chol[k, c, e]
-                for i in range(n):
-                    y[k, e, i] += (zt[c, i] - mean) * u
-            for i in range(n):
-                log_q[k, i] -= _f(0.5) * y[k, e, i] * y[k, e, i]
-    top = log_q[0].copy()
-    for k in range(1, components):
-        for i in range(n):
-            top[i] = max(top[i], log_q[k, i])
-    for k in range(components):
-        for i in range(n):
-            log_q[k, i] -= top[i]
-    exp_rows(log_q)  # now w_k q_k(z) / max_k
-    total = np.zeros(n, np.float32)
-    for k in range(components):
-        for i in range(n):
-            total[i] += log_q[k, i]
-    for i in range(n):
-        energy[i] -= top[i] + math.log(total[i])
-    pull = np.empty(n, np.float32)
-    for c in range(d):
-        pull[:] = 0.0
-        for k in range(components):
-            for e in range(d):
-                u = chol[k, c, e]
-                for i in range(n):
-                    pull[i] += log_q[k, i] * u * y[k, e, i]
-        for i in range(n):
-            grad[i, c] += pull[i] / total[i]
-
-
-@jit
-def energy_and_grad_tile(z, net, hidden, deriv, pre, g_pre, energy, grad):
+def energy_and_grad_tile(z, w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden, deriv, pre, g_pre, energy, grad):
     """E and dE/dz for a tile of n chains, into `energy` (n,) and `grad` (n, d).
 
-    `net` is `FastEnergy.net`: w1t (d, w) first layer transposed; wh (L-1, w, w) square layers
-    as (out, in) and wht transposed; biases; output weights; 1/σ² of the tilt; the base's
-    log normalisers, means and precision Cholesky factors (K = 0: no base).
-    hidden/deriv (L, n, w) keep each layer's SiLU output and derivative for the backward
-    pass; pre and g_pre (n, w) are scratch.
+    w1t (d, w) first layer transposed; wh (L-1, w, w) square layers as (out, in) and wht
+    transposed; hidden/deriv (L, n, w) each layer's SiLU output and derivative, kept for the
+    backward pass; pre and g_pre (n, w) scratch.
     """
-    w1t, b1, wh, wht, bh, w_out, b_out, inv_var, log_norm, means, chol = net
     n, d = z.shape
     width = w1t.shape[1]
     last = wh.shape[0]
@@ -172,11 +105,11 @@ def energy_and_grad_tile(z, net, hidden, deriv, pre, g_pre, energy, grad):
             for j in range(width):
                 acc += g_pre[i, j] * w1t[k, j]
             grad[i, k] = acc + inv_var * z[i, k]
-    add_base_tile(z, log_norm, means, chol, energy, grad)
 
 
 @jit
-def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance, net):
+def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance,
+                  w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """Advance one tile of chains through every step of the block, in place.
 
     Per step t: proposal = x - (ε²/2)∇E(x) + ε ξ_t; ULA takes it, MALA accepts it when
@@ -184,13 +117,14 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
     """
     n, d = position.shape
     drift = _f(0.5) * step_size * step_size
-    hidden, deriv, pre, g_pre = tile_scratch(n, net[0].shape[1], net[2].shape[0] + 1)
+    hidden, deriv, pre, g_pre = tile_scratch(n, w1t.shape[1], wh.shape[0] + 1)
     proposal, energy_new, grad_new = np.empty((n, d), np.float32), np.empty(n, np.float32), np.empty((n, d), np.float32)
     for t in range(noise.shape[0]):
         for i in range(n):
             for k in range(d):
                 proposal[i, k] = position[i, k] - drift * grad[i, k] + step_size * noise[t, i, k]
-        energy_and_grad_tile(proposal, net, hidden, deriv, pre, g_pre, energy_new, grad_new)
+        energy_and_grad_tile(proposal, w1t, b1, wh, wht, bh, w_out, b_out, inv_var,
+                             hidden, deriv, pre, g_pre, energy_new, grad_new)
         for i in range(n):
             accept_prob = 1.0
             if adjusted:
@@ -216,21 +150,24 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
 
 
 @jit
-def langevin_block(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance, net):
+def langevin_block(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance,
+                   w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """All chains, tile by tile, through one block of steps (see `langevin_tile`)."""
     for lo in range(0, position.shape[0], TILE):
         hi = min(lo + TILE, position.shape[0])
         langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], noise[:, lo:hi], uniform[:, lo:hi], step_size, adjusted,
-                      trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], net)
+                      trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], w1t, b1, wh, wht, bh, w_out, b_out,
+                      inv_var)
 
 
 @jit
-def energy_and_grad_all(z, energy, grad, net):
+def energy_and_grad_all(z, energy, grad, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """E and dE/dz for any number of chains, tile by tile."""
     for lo in range(0, z.shape[0], TILE):
         hi = min(lo + TILE, z.shape[0])
-        hidden, deriv, pre, g_pre = tile_scratch(hi - lo, net[0].shape[1], net[2].shape[0] + 1)
-        energy_and_grad_tile(z[lo:hi], net, hidden, deriv, pre, g_pre, energy[lo:hi], grad[lo:hi])
+        hidden, deriv, pre, g_pre = tile_scratch(hi - lo, w1t.shape[1], wh.shape[0] + 1)
+        energy_and_grad_tile(z[lo:hi], w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden, deriv, pre, g_pre,
+                             energy[lo:hi], grad[lo:hi])
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
@@ -248,17 +185,17 @@ class FastEnergy:
         first, rest = net.hidden[0], list(net.hidden[1:])
         width = net.config.hidden_dim
         self.latent_dim = net.config.latent_dim
-        w1t, b1 = _array(first.weight.t()), _array(first.bias)
-        wh = _array(torch.stack([layer.weight for layer in rest])) if rest else np.zeros((0, width, width), np.float32)
-        bh = _array(torch.stack([layer.bias for layer in rest])) if rest else np.zeros((0, width), np.float32)
-        w_out, b_out = _array(net.out.weight[0]), np.float32(net.out.bias.item())
-        inv_var = np.float32(1.0 / net.config.tilt_sigma**2)
-        if net.config.base_components:
-            log_norm, means, chol = (_array(t) for t in net.base_terms())
-        else:
-            d = self.latent_dim
-            log_norm, means, chol = np.zeros(0, np.float32), np.zeros((0, d), np.float32), np.zeros((0, d, d), np.float32)
-        self.net = (w1t, b1, wh, np.ascontiguousarray(wh.transpose(0, 2, 1)), bh, w_out, b_out, inv_var, log_norm, means, chol)
+        self.w1t = _array(first.weight.t())
+        self.b1 = _array(first.bias)
+        self.wh = _array(torch.stack([layer.weight for layer in rest])) if rest else np.zeros((0, width, width), np.float32)
+        self.wht = np.ascontiguousarray(self.wh.transpose(0, 2, 1))
+        self.bh = _array(torch.stack([layer.bias for layer in rest])) if rest else np.zeros((0, width), np.float32)
+        self.w_out = _array(net.out.weight[0])
+        self.b_out = np.float32(net.out.bias.item())
+        self.inv_var = np.float32(1.0 / net.config.tilt_sigma**2)
+
+    def _weights(self) -> tuple:
+        return self.w1t, self.b1, self.wh, self.wht, self.bh, self.w_out, self.b_out, self.inv_var
 
     def _positions(self, z: torch.Tensor) -> np.ndarray:
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
@@ -269,7 +206,7 @@ class FastEnergy:
         """(N, d) -> ((N,) energies, (N, d) gradients), float32."""
         z = self._positions(z)
         energy, grad = np.empty(len(z), np.float32), np.empty_like(z)
-        energy_and_grad_all(z, energy, grad, self.net)
+        energy_and_grad_all(z, energy, grad, *self._weights())
         return torch.from_numpy(energy), torch.from_numpy(grad)
 
     def langevin(self, position, energy, grad, noise, uniform, step_size: float, adjusted: bool):
@@ -283,6 +220,6 @@ class FastEnergy:
         trajectory = np.empty((steps, chains, self.latent_dim), np.float32)
         energies, acceptance = np.empty((steps, chains), np.float32), np.empty((steps, chains), np.float32)
         langevin_block(position, energy, grad, noise, uniform, np.float32(step_size), adjusted,
-                       trajectory, energies, acceptance, self.net)
+                       trajectory, energies, acceptance, *self._weights())
         as_tensors = map(torch.from_numpy, (position, energy, grad, trajectory, energies, acceptance))
         return tuple(as_tensors)

@@ -11,15 +11,13 @@ from torch import nn
 IMAGE_PIXELS = 28 * 28
 MAX_LAYERS = 16
 MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate: ~100 MB of weights
-MAX_BASE_COMPONENTS = 256
-COUNT_FIELDS = {"base_components"}  # int fields that may be 0, checked by their config
 
 
 def _check_widths(config) -> None:
     """Every int field of a config is an integer in [1, MAX_WIDTH] (configs also come from file metadata)."""
     for f in fields(config):
         value = getattr(config, f.name)
-        if f.name not in COUNT_FIELDS and f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH):
+        if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH):
             raise ValueError(f"{type(config).__name__}.{f.name} must be an integer in [1, {MAX_WIDTH}], got {value!r}")
 
 
@@ -63,26 +61,15 @@ class Autoencoder(nn.Module):
 
 @dataclass
 class EnergyConfig:
-    """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) - log q(z) on standardized codes.
-
-    q is an optional base density, a Gaussian mixture with `base_components` components fitted
-    to the training codes (0: none). The MLP then learns a correction to q, not the density
-    from scratch, which lets a narrow (fast) net match a wide one.
-    """
+    """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) on standardized codes."""
 
     latent_dim: int = 4
     hidden_dim: int = 128
     num_layers: int = 3
     tilt_sigma: float = 3.0
-    base_components: int = 0
 
     def __post_init__(self):
         _check_widths(self)
-        if isinstance(self.base_components, bool) or not isinstance(self.base_components, int) or not (
-            0 <= self.base_components <= MAX_BASE_COMPONENTS
-        ):
-            raise ValueError(f"EnergyConfig.base_components must be an integer in [0, {MAX_BASE_COMPONENTS}], "
-                             f"got {self.base_components!r}")
         if self.num_layers > MAX_LAYERS:
             raise ValueError(f"EnergyConfig.num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
         if isinstance(self.tilt_sigma, bool) or not isinstance(self.tilt_sigma, (int, float)) or not (
@@ -106,41 +93,13 @@ class EnergyNet(nn.Module):
         widths = [config.latent_dim] + [config.hidden_dim] * config.num_layers
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.out = nn.Linear(config.hidden_dim, 1)
-        k, d = config.base_components, config.latent_dim
-        if k:  # buffers, not parameters: fitted once to the codes, then fixed
-            self.register_buffer("base_log_weights", torch.full((k,), -math.log(k)))
-            self.register_buffer("base_means", torch.zeros(k, d))
-            self.register_buffer("base_precision_chol", torch.eye(d).repeat(k, 1, 1))
-
-    def set_base(self, weights, means, precision_chol) -> None:
-        """Install a fitted Gaussian mixture as the base density: sklearn's `weights_`, `means_` and
-        `precisions_cholesky_` (triangular U_k with precision U_k U_kᵀ)."""
-        for name, value in (("base_log_weights", torch.as_tensor(weights).log()), ("base_means", means),
-                            ("base_precision_chol", precision_chol)):
-            getattr(self, name).copy_(torch.as_tensor(value))
-
-    def base_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log normalisers (K,), means (K, d), U (K, d, d)) of the base: log q_k(z) = c_k - |(z - μ_k) U_k|² / 2."""
-        d = self.config.latent_dim
-        log_det = torch.diagonal(self.base_precision_chol, dim1=-2, dim2=-1).log().sum(-1)
-        log_norm = self.base_log_weights.log_softmax(0) + log_det - 0.5 * d * math.log(2 * math.pi)
-        return log_norm, self.base_means, self.base_precision_chol
-
-    def _base_whitened(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """y_k = (z - μ_k) U_k, (N, K, d), and log(w_k q_k(z)), (N, K)."""
-        log_norm, means, chol = self.base_terms()
-        y = torch.einsum("nd,kde->nke", z, chol) - torch.einsum("kd,kde->ke", means, chol)
-        return y, log_norm - 0.5 * y.square().sum(-1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(N, d) standardized codes -> (N,) energies; differentiable with autograd."""
         h = z
         for layer in self.hidden:
             h = nn.functional.silu(layer(h))
-        energy = self.out(h).squeeze(-1) + z.square().sum(-1) / (2 * self.config.tilt_sigma**2)
-        if self.config.base_components:
-            energy = energy - torch.logsumexp(self._base_whitened(z)[1], -1)
-        return energy
+        return self.out(h).squeeze(-1) + z.square().sum(-1) / (2 * self.config.tilt_sigma**2)
 
     @torch.no_grad()
     def energy_and_grad(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,10 +120,6 @@ class EnergyNet(nn.Module):
         for layer, u in zip(reversed(self.hidden), reversed(pre_activations)):
             g = torch.ops.aten.silu_backward(g, u) @ layer.weight
         g.add_(z, alpha=inv_var)
-        if self.config.base_components:  # -log q: energy -logsumexp_k, gradient Σ_k r_k U_k y_k
-            y, log_q = self._base_whitened(z)
-            energy.sub_(torch.logsumexp(log_q, -1))
-            g.add_(torch.einsum("nk,nke,kde->nd", log_q.softmax(-1), y, self.base_precision_chol))
         return energy, g
 
     def sampling_energy(self):

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .models import MAX_BASE_COMPONENTS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from .sampling import DEFAULT_TARGET_ACCEPTANCE, ReplayBuffer, adapted_step_size, build_sampler, run_chains
 
 
@@ -39,7 +39,6 @@ class TrainConfig:
     # stage 2: energy net
     ebm_hidden_dim: int = 128
     ebm_layers: int = 3
-    ebm_base_components: int = 0  # Gaussian-mixture base density fitted to the codes (0: none)
     ebm_tilt_sigma: float = 3.0
     ebm_iterations: int = 16000
     ebm_batch_size: int = 256
@@ -74,9 +73,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        k = self.ebm_base_components
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_BASE_COMPONENTS:
-            raise ValueError(f"ebm_base_components must be an integer in [0, {MAX_BASE_COMPONENTS}], got {self.ebm_base_components}")
         if not 0.0 < self.target_acceptance < 1.0:
             raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
         if int(self.negatives_every) != self.negatives_every or self.negatives_every < 0:
@@ -223,8 +219,7 @@ def build_model(cfg: TrainConfig) -> LatentEBM:
     """A fresh, untrained model in the configured shape, seeded."""
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim))
-    energy = EnergyNet(EnergyConfig(cfg.latent_dim, cfg.ebm_hidden_dim, cfg.ebm_layers, cfg.ebm_tilt_sigma,
-                                    cfg.ebm_base_components))
+    energy = EnergyNet(EnergyConfig(cfg.latent_dim, cfg.ebm_hidden_dim, cfg.ebm_layers, cfg.ebm_tilt_sigma))
     return LatentEBM(ae, energy, torch.zeros(cfg.latent_dim), torch.ones(cfg.latent_dim))
 
 
@@ -234,16 +229,6 @@ def standardize_codes(model: LatentEBM, images: torch.Tensor, device: str = "cpu
     model.code_mean.copy_(raw.mean(0))
     model.code_std.copy_(raw.std(0).clamp_min(1e-6))
     return (raw - model.code_mean) / model.code_std
-
-
-def fit_base(energy: EnergyNet, codes: torch.Tensor, seed: int) -> None:
-    """Fit the energy net's Gaussian-mixture base density to the training codes (no-op without one)."""
-    k = energy.config.base_components
-    if k:
-        from sklearn.mixture import GaussianMixture  # sklearn is slow to import; only training with a base needs it
-
-        gmm = GaussianMixture(k, covariance_type="full", random_state=seed).fit(codes.double().cpu().numpy())
-        energy.set_base(gmm.weights_, gmm.means_, gmm.precisions_cholesky_)
 
 
 def energy_training_images(train_images: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -258,7 +243,6 @@ def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tenso
     model.to(cfg.device)
     yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg)
     codes = standardize_codes(model, energy_training_images(train_images, cfg), cfg.device)
-    fit_base(model.energy, codes, cfg.seed)
     yield from train_energy(model, codes, cfg)
 
 

@@ -12,7 +12,6 @@ from ebm import checkpoint
 from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.cli import main
 from ebm.generate import SampleSettings, decode_binary, sample_chains
-from ebm.models import EnergyConfig, EnergyNet
 from ebm.training import TrainConfig, build_model, train, train_energy
 
 from conftest import TINY_CONFIG
@@ -98,35 +97,6 @@ def test_stopping_between_steps_keeps_what_was_trained():
     events.close()
     assert event.step == 30
     assert not torch.equal(before, model.energy.out.weight)
-
-
-def test_the_base_density_is_the_mixture_fitted_to_the_training_codes():
-    """With ebm_base_components = 3, training fits sklearn's mixture to the standardized codes and
-    the energy's -log q part equals that mixture's negative log density."""
-    from sklearn.mixture import GaussianMixture
-
-    cfg = TrainConfig(**TINY_CONFIG | {"ebm_base_components": 3, "ebm_iterations": 2})
-    images = (torch.rand(256, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
-    model = build_model(cfg)
-    for _ in train(model, images[:192], images[192:], cfg):
-        pass
-    codes = model.encode(images[:192]).double().numpy()
-    gmm = GaussianMixture(3, covariance_type="full", random_state=cfg.seed).fit(codes)
-    base_only = EnergyNet(EnergyConfig(4, 8, 1, tilt_sigma=1e6, base_components=3))
-    with torch.no_grad():
-        base_only.out.weight.zero_()
-        base_only.out.bias.zero_()
-    base_only.load_state_dict({**base_only.state_dict(), **{k: v for k, v in model.energy.state_dict().items() if k.startswith("base_")}})
-    z = torch.from_numpy(codes[:50]).float() + 0.5
-    np.testing.assert_allclose(base_only(z).detach().numpy(), -gmm.score_samples(z.double().numpy()), rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("components", [-1, 257, True, 2.0])
-def test_impossible_base_sizes_are_refused(components):
-    with pytest.raises(ValueError, match="base_components"):
-        EnergyConfig(base_components=components)
-    with pytest.raises(ValueError, match="base_components"):
-        TrainConfig(ebm_base_components=components).validate()
 
 
 def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
