@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import torch
 
-TILE = 128  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
+TILE = 64  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
 # Every fast-math flag except 'nnan' and 'ninf': NaN must still reach the Metropolis test.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 jit = numba.njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
