@@ -27,8 +27,7 @@ jit = numba.njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
 _f = np.float32
 LOG2E = _f(1.4426950408889634)
 # Taylor coefficients of 2^f = exp(f ln 2) for |f| <= 1/2: degree 7 is within float32 rounding.
-_P = [_f(math.log(2) ** k / math.factorial(k)) for k in range(8)]
-P0, P1, P2, P3, P4, P5, P6, P7 = _P
+P0, P1, P2, P3, P4, P5, P6, P7 = (_f(math.log(2) ** k / math.factorial(k)) for k in range(8))
 
 
 @jit
@@ -73,13 +72,19 @@ def energy_and_grad_tile(z, w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden,
     n, d = z.shape
     width = w1t.shape[1]
     last = wh.shape[0]
-    for i in range(n):
-        for j in range(width):
-            pre[i, j] = _f(0.0)
-        for k in range(d):
-            zk = z[i, k]
+    if d == 4:  # the default latent size: one vectorised pass instead of four
+        for i in range(n):
+            z0, z1, z2, z3 = z[i, 0], z[i, 1], z[i, 2], z[i, 3]
             for j in range(width):
-                pre[i, j] += zk * w1t[k, j]
+                pre[i, j] = z0 * w1t[0, j] + z1 * w1t[1, j] + z2 * w1t[2, j] + z3 * w1t[3, j]
+    else:
+        for i in range(n):
+            for j in range(width):
+                pre[i, j] = _f(0.0)
+            for k in range(d):
+                zk = z[i, k]
+                for j in range(width):
+                    pre[i, j] += zk * w1t[k, j]
     silu_rows(pre, b1, hidden[0], deriv[0])
     for layer in range(1, last + 1):
         np.dot(hidden[layer - 1], wht[layer - 1], pre)
@@ -99,12 +104,24 @@ def energy_and_grad_tile(z, w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden,
         for i in range(n):
             for j in range(width):
                 g_pre[i, j] = pre[i, j] * deriv[layer - 1, i, j]
-    for i in range(n):
-        for k in range(d):
-            acc = _f(0.0)
+    if d == 4:
+        for i in range(n):
+            a0, a1, a2, a3 = _f(0.0), _f(0.0), _f(0.0), _f(0.0)
             for j in range(width):
-                acc += g_pre[i, j] * w1t[k, j]
-            grad[i, k] = acc + inv_var * z[i, k]
+                gj = g_pre[i, j]
+                a0 += gj * w1t[0, j]
+                a1 += gj * w1t[1, j]
+                a2 += gj * w1t[2, j]
+                a3 += gj * w1t[3, j]
+            grad[i, 0], grad[i, 1] = a0 + inv_var * z[i, 0], a1 + inv_var * z[i, 1]
+            grad[i, 2], grad[i, 3] = a2 + inv_var * z[i, 2], a3 + inv_var * z[i, 3]
+    else:
+        for i in range(n):
+            for k in range(d):
+                acc = _f(0.0)
+                for j in range(width):
+                    acc += g_pre[i, j] * w1t[k, j]
+                grad[i, k] = acc + inv_var * z[i, k]
 
 
 @jit
