@@ -64,7 +64,7 @@ class EnergyConfig:
     """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) on standardized codes."""
 
     latent_dim: int = 4
-    hidden_dim: int = 128
+    hidden_dim: int = 96
     num_layers: int = 3
     tilt_sigma: float = 3.0
 

@@ -37,15 +37,15 @@ class TrainConfig:
     ae_latent_noise: float = 0.1  # std of the noise added to codes while training the decoder
     ae_code_penalty: float = 1.0  # weight of |z|^2/2: with the noise, a fixed-variance VAE
     # stage 2: energy net
-    ebm_hidden_dim: int = 128
+    ebm_hidden_dim: int = 96
     ebm_layers: int = 3
     ebm_tilt_sigma: float = 3.0
     ebm_iterations: int = 16000
-    ebm_batch_size: int = 256
+    ebm_batch_size: int = 512
     negatives_per_datapoint: int = 1  # persistent chains advanced per data code each iteration
     ebm_lr: float = 1e-3
     ebm_train_images: int | None = None  # None: every training image's code
-    ebm_code_noise: float = 0.0  # std of noise added to the data codes (standardized units) in stage 2
+    ebm_code_noise: float = 0.03  # std of noise added to the data codes (standardized units) in stage 2
     sampler: str = "mala"
     mcmc_steps: int = 20
     mcmc_step_size: float = 0.2
