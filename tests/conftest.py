@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny synthetic MNIST-shaped dataset on disk and a tiny trained model."""
 
 import gzip
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
 
+from ebm import jobs
 from ebm.data import RAW_FILES, idx_bytes
 from ebm.training import TrainConfig, build_model, train
 
@@ -51,3 +53,19 @@ def tiny_model():
     for _ in train(model, images[:192], images[192:], cfg):
         pass
     return model, cfg
+
+
+@contextmanager
+def isolated_server_state(tmp_path, monkeypatch):
+    """Runs under tmp, no MNIST, one torch thread per request; afterwards no training left
+    running and torch's thread count as it was (the app's tests share one process)."""
+    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.setenv("EBM_TORCH_THREADS", "1")
+    threads = torch.get_num_threads()
+    yield tmp_path
+    job = jobs.active_job()
+    if job is not None:
+        job.stop()
+        job.join(60)
+    torch.set_num_threads(threads)

@@ -19,6 +19,8 @@ from ebm import jobs, runs
 from ebm.checkpoint import SHIPPED_WEIGHTS
 from ebm.data import RAW_FILES, idx_bytes
 
+from conftest import isolated_server_state
+
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
 
@@ -27,18 +29,10 @@ TIMEOUT = 60
 def environment(tmp_path, monkeypatch):
     """Runs under tmp, an empty data dir, one torch thread, no earlier trainings, none left running afterwards."""
     monkeypatch.setattr(jobs, "_jobs", [])  # the server's training registry, as on a fresh server
-    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
-    monkeypatch.setenv("EBM_TORCH_THREADS", "1")
     monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # as app.py does (AppTest runs some pages without app.py, see widgets.ensure_router)
-    yield tmp_path
-    job = jobs.active_job()
-    if job is not None:
-        job.stop()
-        job.join(60)
-    torch.set_num_threads(before)
+    with isolated_server_state(tmp_path, monkeypatch):
+        torch.set_num_threads(1)  # as app.py does (AppTest runs some pages without app.py, see widgets.ensure_router)
+        yield tmp_path
 
 
 @pytest.fixture

@@ -39,6 +39,8 @@ from ebm.limits import MAX_CHAIN_STEPS, RequestTooLarge, check_request_size
 from ebm.render import sample_view
 from ebm.training import TrainConfig
 
+from conftest import isolated_server_state
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
 SESSIONS = 8
@@ -65,16 +67,8 @@ def report(name: str, figures: dict) -> None:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Runs under tmp, no MNIST, one torch thread per request; no training left running."""
-    monkeypatch.setenv("EBM_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.setenv("EBM_DATA_DIR", str(tmp_path / "no-data"))
-    monkeypatch.setenv("EBM_TORCH_THREADS", "1")
-    threads = torch.get_num_threads()
-    yield tmp_path
-    job = jobs.active_job()
-    if job is not None:
-        job.stop()
-        job.join(60)
-    torch.set_num_threads(threads)
+    with isolated_server_state(tmp_path, monkeypatch):
+        yield tmp_path
 
 
 @pytest.fixture(scope="module")
