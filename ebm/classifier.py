@@ -23,6 +23,7 @@ from torch import nn
 
 from .checkpoint import REPO_ROOT, WeightsError, write_atomically
 from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
+from .models import check_widths
 
 FORMAT = "mnist-ebm-classifier/1"
 DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
@@ -36,6 +37,9 @@ class ClassifierConfig:
     channels2: int = 32
     feature_dim: int = 128
     num_classes: int = 10
+
+    def __post_init__(self):
+        check_widths(self)  # metadata from a file must not make us allocate an absurd model
 
 
 class MnistClassifier(nn.Module):

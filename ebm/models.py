@@ -13,7 +13,7 @@ MAX_LAYERS = 16
 MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate: ~100 MB of weights
 
 
-def _check_widths(config) -> None:
+def check_widths(config) -> None:
     """Every int field of a config is an integer in [1, MAX_WIDTH] (configs also come from file metadata)."""
     for f in fields(config):
         value = getattr(config, f.name)
@@ -29,7 +29,7 @@ class AutoencoderConfig:
     latent_dim: int = 4
 
     def __post_init__(self):
-        _check_widths(self)
+        check_widths(self)
 
 
 class Autoencoder(nn.Module):
@@ -69,7 +69,7 @@ class EnergyConfig:
     tilt_sigma: float = 3.0
 
     def __post_init__(self):
-        _check_widths(self)
+        check_widths(self)
         if self.num_layers > MAX_LAYERS:
             raise ValueError(f"EnergyConfig.num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
         if isinstance(self.tilt_sigma, bool) or not isinstance(self.tilt_sigma, (int, float)) or not (

@@ -208,6 +208,11 @@ def test_classifier_round_trip_and_clear_errors(tmp_path):
     save_file(tensors, tmp_path / "bad.safetensors", metadata=header["__metadata__"])
     with pytest.raises(WeightsError, match="fc.weight.*shape"):
         load_classifier(tmp_path / "bad.safetensors")
+    # an absurd width in the metadata is refused before anything is allocated
+    metadata = dict(header["__metadata__"], config=json.dumps({**json.loads(header["__metadata__"]["config"]), "channels1": 10**7}))
+    save_file(load_file(path), tmp_path / "huge.safetensors", metadata=metadata)
+    with pytest.raises(WeightsError, match="config.*channels1"):
+        load_classifier(tmp_path / "huge.safetensors")
 
 
 # --- the whole pipeline on a tiny synthetic MNIST ---------------------------------------
