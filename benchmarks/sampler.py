@@ -1,13 +1,18 @@
 """Sampler throughput: this package's Langevin chains against the original's naive loop.
 
-Both run unadjusted Langevin on the same energy net, in one process, one after the other:
+Both run unadjusted Langevin on the same energy net, in one process, one after the other,
+with the same number of cores (`--threads`, default: PyTorch's, i.e. all of them unless
+OMP_NUM_THREADS says otherwise):
 - naive: per step, wrap the state in a fresh leaf tensor, forward through the module,
-  `backward()`, copy the gradient (what the original train.py/infer.py did);
+  `backward()`, copy the gradient (what the original train.py/infer.py did). It is timed with
+  PyTorch at 1 thread and at `--threads` threads, and the faster is kept;
 - ours: `ebm.sampling.ula` + `run_chains` on `net.sampling_energy()`, the compiled kernel
-  (`ebm.kernels`) that runs each block of steps in one call.
+  (`ebm.kernels`) that runs each block of steps in one call, chains split over the threads.
 
-It also probes the machine's matmul rate to give the FLOP-bound chain-step rate of the net.
-Run: python benchmarks/sampler.py [--weights weights/mnist_d4.safetensors] [--repeats 3]
+The FLOP bound is `--threads` times one core's rate in a matmul probe at the net's own shape
+(chains x width @ width x width, all the chains on that one core): perfect scaling over cores
+and the most efficient matmul shape, so it is an upper bound on what the net can run at.
+Run: python -m benchmarks.sampler [--weights weights/mnist_d4.safetensors] [--repeats 3] [--threads N]
 The last line is `speedup_64x1000=<ratio>`.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -23,6 +29,17 @@ from ebm.models import EnergyNet
 from ebm.sampling import run_chains, ula
 
 STEP_SIZE = 0.1
+
+
+@contextmanager
+def using_threads(threads: int):
+    """PyTorch's thread count, which ebm.kernels follows too, set for the duration of a block."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def naive_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) -> float:
@@ -47,14 +64,16 @@ def ours_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) -
 
 
 def matmul_flops_per_s(rows: int, width: int, repeats: int = 50) -> float:
-    """Measured float32 matmul rate at the net's own shape (rows x width @ width x width)."""
+    """Measured float32 matmul rate of one core at the net's own shape (rows x width @ width x width)."""
     a, b = torch.randn(rows, width), torch.randn(width, width)
-    for _ in range(5):
-        a @ b
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * rows * width * width * repeats / (time.perf_counter() - start)
+    with using_threads(1):
+        for _ in range(5):
+            a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        elapsed = time.perf_counter() - start
+    return 2 * rows * width * width * repeats / elapsed
 
 
 def flops_per_chain_step(net: EnergyNet) -> int:
@@ -67,19 +86,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs for each measurement")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="cores for both samplers")
     args = parser.parse_args()
     model, _ = load_model(args.weights)
     net = model.energy
     c = net.config
     print(f"energy net: {c.latent_dim} -> {c.hidden_dim} x {c.num_layers} -> 1 (SiLU), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{args.threads} threads for both samplers")
     flops = flops_per_chain_step(net)
     speedups = {}
     print(f"{'chains x steps':>16} {'naive (steps/s)':>16} {'ours (steps/s)':>16} {'speedup':>8} {'FLOP-bound':>12} {'of bound':>9}")
     for chains, steps in ((64, 1000), (8192, 50)):
-        naive = max(naive_chain_steps_per_s(net, chains, steps, seed=r) for r in range(args.repeats))
-        ours = max(ours_chain_steps_per_s(net, chains, steps, seed=r) for r in range(args.repeats))
-        bound = matmul_flops_per_s(chains, c.hidden_dim) / flops
+        naive = 0.0
+        for threads in sorted({1, args.threads}):
+            with using_threads(threads):
+                naive = max(naive, *(naive_chain_steps_per_s(net, chains, steps, seed=r) for r in range(args.repeats)))
+        with using_threads(args.threads):
+            ours = max(ours_chain_steps_per_s(net, chains, steps, seed=r) for r in range(args.repeats))
+        bound = args.threads * matmul_flops_per_s(chains, c.hidden_dim) / flops
         speedups[(chains, steps)] = ours / naive
         print(f"{chains:>7} x {steps:<6} {naive:>16,.0f} {ours:>16,.0f} {ours / naive:>7.1f}x {bound:>12,.0f} {ours / bound:>8.0%}")
     print(f"FLOPs per chain-step: {flops:,} (forward + input gradient)")

@@ -8,18 +8,26 @@ that the compiler vectorises it. The maths is `EnergyNet.energy_and_grad`'s, in 
 tests check that the two agree and that the kernel's chains equal the generic ones.
 
 `FastEnergy` is the entry point: a snapshot of an `EnergyNet`'s weights that is called
-like `energy_and_grad` and that `ebm.sampling` recognises by its `langevin` method.
+like `energy_and_grad` and that `ebm.sampling` recognises by its `langevin` method. Chains
+are independent, so it splits them over as many cores as PyTorch uses (`OMP_NUM_THREADS`,
+`torch.set_num_threads`): the kernels release the GIL, and each core gets its own chains
+and its own pre-drawn noise, so the result does not depend on the number of threads.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import torch
 
 TILE = 64  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
+# Below this many chain-steps per core, handing work to another thread costs more than it saves.
+MIN_CHAIN_STEPS_PER_THREAD = 1024
 # Every fast-math flag except 'nnan' and 'ninf': NaN must still reach the Metropolis test.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 jit = numba.njit(fastmath=FASTMATH, error_model="numpy", cache=True, nogil=True)
@@ -167,21 +175,21 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
 
 
 @jit
-def langevin_block(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance,
-                   w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
-    """All chains, tile by tile, through one block of steps (see `langevin_tile`)."""
-    for lo in range(0, position.shape[0], TILE):
-        hi = min(lo + TILE, position.shape[0])
+def langevin_block(first, stop, position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies,
+                   acceptance, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
+    """Chains first..stop-1, tile by tile, through one block of steps (see `langevin_tile`)."""
+    for lo in range(first, stop, TILE):
+        hi = min(lo + TILE, stop)
         langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], noise[:, lo:hi], uniform[:, lo:hi], step_size, adjusted,
                       trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], w1t, b1, wh, wht, bh, w_out, b_out,
                       inv_var)
 
 
 @jit
-def energy_and_grad_all(z, energy, grad, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
-    """E and dE/dz for any number of chains, tile by tile."""
-    for lo in range(0, z.shape[0], TILE):
-        hi = min(lo + TILE, z.shape[0])
+def energy_and_grad_all(first, stop, z, energy, grad, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
+    """E and dE/dz for chains first..stop-1, tile by tile."""
+    for lo in range(first, stop, TILE):
+        hi = min(lo + TILE, stop)
         hidden, deriv, pre, g_pre = tile_scratch(hi - lo, w1t.shape[1], wh.shape[0] + 1)
         energy_and_grad_tile(z[lo:hi], w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden, deriv, pre, g_pre,
                              energy[lo:hi], grad[lo:hi])
@@ -189,6 +197,32 @@ def energy_and_grad_all(z, energy, grad, w1t, b1, wh, wht, bh, w_out, b_out, inv
 
 def _array(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+
+def chain_slices(chains: int, steps: int, threads: int) -> list[slice]:
+    """Contiguous, near-equal groups of chains, one per thread, each worth handing to a core."""
+    parts = max(1, min(threads, chains, chains * steps // MIN_CHAIN_STEPS_PER_THREAD))
+    bounds = [chains * i // parts for i in range(parts + 1)]
+    return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+
+
+def _new_pool() -> None:
+    global _helpers
+    _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-chains")  # threads start lazily
+
+
+_new_pool()
+os.register_at_fork(after_in_child=_new_pool)  # a forked child has none of the parent's threads
+
+
+def _map_over_chains(work, chains: int, steps: int) -> None:
+    """work(first, stop) for each group of `chain_slices`: the calling thread takes the first
+    group, helper threads the others, all at once (PyTorch's thread count in all)."""
+    first, *others = chain_slices(chains, steps, torch.get_num_threads())
+    futures = [_helpers.submit(work, group.start, group.stop) for group in others]
+    work(first.start, first.stop)
+    for future in futures:
+        future.result()
 
 
 class FastEnergy:
@@ -223,7 +257,11 @@ class FastEnergy:
         """(N, d) -> ((N,) energies, (N, d) gradients), float32."""
         z = self._positions(z)
         energy, grad = np.empty(len(z), np.float32), np.empty_like(z)
-        energy_and_grad_all(z, energy, grad, *self._weights())
+
+        def work(first: int, stop: int) -> None:  # each thread writes its own rows
+            energy_and_grad_all(first, stop, z, energy, grad, *self._weights())
+
+        _map_over_chains(work, len(z), 1)
         return torch.from_numpy(energy), torch.from_numpy(grad)
 
     def langevin(self, position, energy, grad, noise, uniform, step_size: float, adjusted: bool):
@@ -236,7 +274,10 @@ class FastEnergy:
         steps, chains = noise.shape[:2]
         trajectory = np.empty((steps, chains, self.latent_dim), np.float32)
         energies, acceptance = np.empty((steps, chains), np.float32), np.empty((steps, chains), np.float32)
-        langevin_block(position, energy, grad, noise, uniform, np.float32(step_size), adjusted,
-                       trajectory, energies, acceptance, *self._weights())
-        as_tensors = map(torch.from_numpy, (position, energy, grad, trajectory, energies, acceptance))
-        return tuple(as_tensors)
+
+        def work(first: int, stop: int) -> None:  # each thread moves its own chains and writes their columns
+            langevin_block(first, stop, position, energy, grad, noise, uniform, np.float32(step_size), adjusted,
+                           trajectory, energies, acceptance, *self._weights())
+
+        _map_over_chains(work, chains, steps)
+        return tuple(map(torch.from_numpy, (position, energy, grad, trajectory, energies, acceptance)))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from ebm.kernels import FastEnergy
+from ebm.kernels import MIN_CHAIN_STEPS_PER_THREAD, FastEnergy, chain_slices
 from ebm.models import EnergyConfig, EnergyNet
 from ebm.sampling import mala, run_chains, ula
 
@@ -73,6 +74,43 @@ def test_chains_do_not_depend_on_the_record_interval():
         assert result.record_steps[-1] == 200 and len(result.record_steps) == 200 // every + 1 + (200 % every > 0)
         finals.append(result.state.position)
     assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])
+
+
+@pytest.mark.parametrize("chains,steps,threads", [(1, 64, 4), (64, 64, 2), (101, 64, 3), (8192, 1, 2), (5, 1, 8), (3000, 1, 7)])
+def test_chain_slices_give_each_thread_its_own_chains(chains, steps, threads):
+    slices = chain_slices(chains, steps, threads)
+    assert 1 <= len(slices) <= threads
+    assert slices[0].start == 0 and slices[-1].stop == chains
+    assert all(a.stop == b.start for a, b in itertools.pairwise(slices))  # contiguous, no chain twice
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) - min(sizes) <= 1
+    if len(slices) > 1:  # a thread only gets work worth a thread
+        assert min(sizes) * steps >= MIN_CHAIN_STEPS_PER_THREAD // 2
+
+
+@pytest.fixture
+def torch_threads():
+    """Set PyTorch's thread count (which the kernels follow) for one test."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_chains_do_not_depend_on_the_thread_count(torch_threads):
+    """Chains split over threads run the same maths: the result of one thread, to float rounding."""
+    net = random_net(4, 64, 3)
+    start = torch.randn(101, 4, generator=torch.Generator().manual_seed(6))
+    many = 3 * torch.randn(5000, 4, generator=torch.Generator().manual_seed(7))
+    results = []
+    for threads in (1, 3):
+        torch_threads(threads)
+        energy = FastEnergy(net)
+        sampler = mala(energy, 0.5, torch.Generator().manual_seed(8))
+        results.append((sampler.steps(sampler.init(start), 64), energy(many)))
+    ((state_a, traces_a), values_a), ((state_b, traces_b), values_b) = results
+    for a, b in [*zip(state_a, state_b), *zip(traces_a, traces_b), *zip(values_a, values_b)]:
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    assert 0.3 < traces_a.acceptance.mean() < 1.0
 
 
 def one_dimensional_truth(net: EnergyNet, lo: float = -12.0, hi: float = 12.0, n: int = 20001):
