@@ -54,6 +54,7 @@ class TrainConfig:
     reinit_prob: float = 0.05
     energy_reg: float = 0.01  # alpha * (E+^2 + E-^2) keeps energies near zero
     grad_clip: float = 1.0
+    max_energy_gap: float = 1.0  # negatives this far (nats, running mean) above the data: chains lost, restart them
     negatives_every: int = 0  # decode a few negatives into events every N iterations (0: never)
 
     def validate(self) -> "TrainConfig":
@@ -65,7 +66,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}")
         if self.ae_epochs < 0:
             raise ValueError(f"ae_epochs must be >= 0, got {self.ae_epochs}")
-        for name in ("ae_lr", "ebm_lr", "mcmc_step_size", "ebm_tilt_sigma", "grad_clip"):
+        for name in ("ae_lr", "ebm_lr", "mcmc_step_size", "ebm_tilt_sigma", "grad_clip", "max_energy_gap"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value}")
@@ -153,12 +154,38 @@ def encode_all(model: Autoencoder, images: torch.Tensor, device: str = "cpu") ->
     return torch.cat([model.encode(chunk.to(device)).cpu() for chunk in images.split(4096)])
 
 
+@dataclass
+class Snapshot:
+    """What a rollback restores: the net, the optimiser, the persistent chains and the step size."""
+
+    iteration: int
+    energy: dict
+    optimizer: dict
+    chains: torch.Tensor
+    step_size: float
+
+    @classmethod
+    def take(cls, iteration: int, energy: nn.Module, opt: torch.optim.Optimizer, buffer: ReplayBuffer,
+             step_size: float) -> "Snapshot":
+        return cls(iteration, copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()),
+                   buffer.positions.clone(), step_size)
+
+
+GAP_SMOOTHING = 0.02  # weight of each iteration in the running mean of E(negatives) - E(data), ~50 iterations
+
+
 def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
     """Stage 2: persistent contrastive divergence on standardized codes.
 
     Loss = mean E(data) - mean E(negatives) + alpha (E(data)^2 + E(negatives)^2); negatives
-    come from a replay buffer advanced by K Langevin steps per iteration. A non-finite loss or
-    runaway energies roll the net back to the last good state with a halved learning rate.
+    come from a replay buffer advanced by K Langevin steps per iteration.
+
+    Two failures are caught. A non-finite loss or runaway energies roll the net, optimiser,
+    chains and step size back to the last healthy state (saved every 100 iterations) with a
+    halved learning rate. Negatives whose energy stays `max_energy_gap` above the data's (a
+    running mean) are contrastive divergence's quiet failure: the chains no longer reach some
+    of the data's modes, so each update deepens wells they cannot find. The chains are then
+    restarted at the data codes: inside those wells, they show the update what to flatten.
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     energy = model.energy
@@ -166,7 +193,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations, eta_min=0.05 * cfg.ebm_lr)
     buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
     step_size, start = cfg.mcmc_step_size, time.perf_counter()
-    good_state, good_opt, rollbacks = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()), 0
+    good, rollbacks, gap = Snapshot.take(0, energy, opt, buffer, step_size), 0, 0.0
     for it in range(1, cfg.ebm_iterations + 1):
         data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
         if cfg.ebm_code_noise:
@@ -185,24 +212,35 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
         e_pos, e_neg = energy(data), energy(negatives)
         cd_loss = e_pos.mean() - e_neg.mean()
         loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
+        gap += GAP_SMOOTHING * (-cd_loss.item() - gap)
         if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
             rollbacks += 1
             if rollbacks > 5:
                 raise DivergenceError(f"energy training diverged {rollbacks} times; last loss {loss.item()}")
-            energy.load_state_dict(good_state)
-            opt.load_state_dict(good_opt)
+            energy.load_state_dict(good.energy)
+            opt.load_state_dict(good.optimizer)
+            buffer.positions.copy_(good.chains)
+            step_size, gap = good.step_size, 0.0
             for group in opt.param_groups:
                 group["lr"] *= 0.5
             yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
-                           message=f"non-finite or exploding loss at iteration {it}: rolled back, lr halved")
+                           message=f"non-finite or exploding loss at iteration {it}: rolled back to iteration "
+                                   f"{good.iteration}, lr halved")
+            continue
+        if gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data, skip this update
+            buffer.positions.copy_(codes[torch.randint(len(codes), (len(buffer.positions),), generator=gen)])
+            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
+                           message=f"negatives {gap:.2f} nats above the data at iteration {it}: "
+                                   "chains restarted from the data codes")
+            gap = 0.0
             continue
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        if it % 100 == 0:
-            good_state, good_opt = copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict())
+        if it % 100 == 0 and gap < cfg.max_energy_gap / 2:
+            good = Snapshot.take(it, energy, opt, buffer, step_size)
 
         if it % 10 == 0 or it == cfg.ebm_iterations:
             decoded = None

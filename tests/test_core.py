@@ -1,5 +1,6 @@
 """Weights files, the training loop and the CLI, on tiny models and synthetic data."""
 
+import itertools
 import json
 
 import imageio.v3 as iio
@@ -114,6 +115,44 @@ def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
     events = list(train_energy(model, torch.randn(200, 4), cfg))
     assert any("rolled back" in e.message for e in events)
     assert all(torch.isfinite(p).all() for p in model.energy.parameters())
+
+
+def lift_negatives(monkeypatch, model, iterations: range, by: float = 3.0) -> None:
+    """Make E(negatives) read `by` nats above its value during `iterations`: what lost chains look like.
+
+    Stage 2 calls the net's forward twice per iteration (data, then negatives); the sampler
+    uses `energy_and_grad`, so the chains themselves are untouched.
+    """
+    calls = {"n": 0}
+    real_forward = type(model.energy).forward
+
+    def lifted(self, z):
+        calls["n"] += 1
+        iteration, is_negatives = (calls["n"] + 1) // 2, calls["n"] % 2 == 0
+        return real_forward(self, z) + (by if is_negatives and iteration in iterations else 0.0)
+
+    monkeypatch.setattr(type(model.energy), "forward", lifted)
+
+
+def test_negatives_stuck_above_the_data_restart_the_chains_once_and_training_goes_on(monkeypatch):
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 60, "max_energy_gap": 1.0})
+    model = build_model(cfg)
+    lift_negatives(monkeypatch, model, range(5, 31))  # the running gap passes 1 after 15-20 lifted iterations
+    events = list(train_energy(model, torch.randn(200, 4), cfg))
+    restarts = [e for e in events if e.message]
+    assert len(restarts) == 1 and "chains restarted from the data codes" in restarts[0].message, restarts
+    assert 15 <= restarts[0].step <= 30
+    assert events[-1].step == 60 and all(torch.isfinite(p).all() for p in model.energy.parameters())
+
+
+def test_a_gap_that_never_closes_restarts_the_chains_again_without_ending_training(monkeypatch):
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 200})
+    model = build_model(cfg)
+    lift_negatives(monkeypatch, model, range(1, 201))
+    events = list(train_energy(model, torch.randn(200, 4), cfg))
+    restarts = [e.step for e in events if "restarted" in e.message]
+    assert len(restarts) >= 5 and all(b - a >= 10 for a, b in itertools.pairwise(restarts))  # gap reset each time
+    assert events[-1].step == 200
 
 
 def test_sampling_is_deterministic_and_decodes_to_binary_images(tiny_model):

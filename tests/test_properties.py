@@ -354,7 +354,8 @@ def test_cli_sample_runs_for_valid_arguments(sampler, eps, k, chains, every, see
 
 def _bad_train_flag():
     return st.one_of(
-        st.tuples(st.sampled_from(["--ae-lr", "--ebm-lr", "--mcmc-step-size", "--ebm-tilt-sigma", "--grad-clip"]),
+        st.tuples(st.sampled_from(["--ae-lr", "--ebm-lr", "--mcmc-step-size", "--ebm-tilt-sigma", "--grad-clip",
+                                   "--max-energy-gap"]),
                   bad_step_sizes.map(repr)),
         st.tuples(st.sampled_from(["--latent-dim", "--ae-hidden-dim", "--ebm-iterations", "--mcmc-steps",
                                    "--buffer-size", "--ebm-layers", "--ae-batch-size", "--ebm-batch-size"]),
