@@ -166,7 +166,7 @@ class Snapshot:
 
     @classmethod
     def take(cls, iteration: int, energy: nn.Module, opt: torch.optim.Optimizer, buffer: ReplayBuffer,
-             step_size: float) -> "Snapshot":
+             step_size: float) -> Snapshot:
         return cls(iteration, copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()),
                    buffer.positions.clone(), step_size)
 
