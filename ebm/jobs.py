@@ -188,9 +188,8 @@ class TrainingJob:
     def _record(self, ev) -> None:
         now = time.monotonic()
         with self._lock:
-            if ev.stage not in self._stage_t0:
-                previous = [e["time"] for e in self._events]
-                self._stage_t0[ev.stage] = self._t0 + previous[-1] if previous else (self._work_t0 or self._t0)
+            if ev.stage not in self._stage_t0:  # the stage began where the previous event ended
+                self._stage_t0[ev.stage] = self._t0 + self._events[-1]["time"] if self._events else (self._work_t0 or self._t0)
             self._events.append({
                 "stage": ev.stage, "step": int(ev.step), "total_steps": int(ev.total_steps),
                 "epoch": int(ev.epoch), "stage_elapsed": float(ev.elapsed), "time": now - self._t0,

@@ -228,8 +228,8 @@ def _map_over_chains(work, chains: int, steps: int) -> None:
 class FastEnergy:
     """A frozen float32 copy of an `EnergyNet` with compiled E, ∇E and Langevin blocks.
 
-    Call it like `energy_and_grad`. It does not follow later changes to the net: training
-    makes a new one after each update (copying the weights takes microseconds).
+    Call it like `energy_and_grad`. It does not follow later changes to the net: after an
+    update, take a new one (`EnergyNet.sampling_energy()`; copying the weights takes microseconds).
     """
 
     def __init__(self, net):
