@@ -7,10 +7,10 @@ import streamlit as st
 
 import widgets
 
-# One torch thread (or $EBM_TORCH_THREADS): see widgets.configure_torch_threads. The background
+# One native thread per worker, requests side by side: see widgets.configure_threads. The background
 # training shares the setting. Pages call it again (widgets.ensure_router): every script run
 # has its own thread, and OpenMP keeps the limit per thread.
-widgets.configure_torch_threads()
+widgets.configure_threads()
 
 st.set_page_config(page_title="mnist-ebm · digits from an energy landscape", page_icon=":material/blur_on:", layout="wide")
 
@@ -20,4 +20,6 @@ pages = [
     st.Page("pages/explorer.py", title="Latent explorer", icon=":material/explore:", url_path="explorer"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
 ]
+# Digit grids are drawn at one screen pixel per pixel and scaled by the browser: keep them crisp.
+st.html("<style>[data-testid='stImage'] img { image-rendering: pixelated; }</style>")
 st.navigation(pages).run()

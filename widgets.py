@@ -12,11 +12,10 @@ ignoring bad values with a message; `state_to_url` writes the current values bac
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import os
 import random
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +25,22 @@ import numpy as np
 import streamlit as st
 import torch
 
-from ebm import runs as runs_mod
+from ebm import jobs, runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
 from ebm.data import DatasetError, default_data_dir, load_binarized
 from ebm.generate import SampleSettings
 from ebm.images import image_grid
 from ebm.landscape import Marginals, marginal_densities
-from ebm.limits import QUICK_CHAIN_STEPS, check_request_size, sync_torch_threads
+from ebm.limits import check_request_size
 from ebm.models import LatentEBM
 from ebm.render import SampleView, sample_view
+from ebm.scheduler import QUEUED, Scheduler, Work
+from ebm.threads import limit_native_threads, set_chain_threads, usable_cores
+
+try:  # what Streamlit raises in a script thread whose session asked for a rerun
+    from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
+except ImportError:  # pragma: no cover -- older layout
+    from streamlit.runtime.scriptrunner import RerunException
 
 MAX_UI_SEED = 2**31 - 1  # browsers keep integers exact only up to 2**53; 2**31 is plenty of seeds
 SHIPPED = "shipped"
@@ -43,20 +49,15 @@ DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
 # ---- routing -------------------------------------------------------------------------------------
-def configure_torch_threads() -> int:
-    """One torch thread (or $EBM_TORCH_THREADS) for this process and the calling script thread.
+def configure_threads() -> int:
+    """One native thread per worker, chains unsplit: this server uses its cores by running requests
+    side by side (`ebm.scheduler`), which stays fair when other work shares the machine (`ebm.threads`).
 
-    The samplers push small batches through small matrices: one thread is the fastest, and it
-    keeps pages responsive on a busy machine, where more threads spin-wait for each other.
-    Streamlit runs each script run in its own thread, so this is called on every run.
+    Streamlit runs each script run in its own thread, and OpenMP keeps its limit per thread, so
+    this is called on every run; it is idempotent and cheap. Returns torch's thread count.
     """
-    try:
-        n = max(1, int(os.environ.get("EBM_TORCH_THREADS", "1")))
-    except ValueError:
-        n = 1
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return sync_torch_threads()
+    set_chain_threads(1)
+    return limit_native_threads()
 
 
 def ensure_router() -> None:
@@ -70,7 +71,7 @@ def ensure_router() -> None:
     Only a session's first run is rerun: that is a page load, so no button click is lost
     (AppTest re-enables the mode before every run, clicks included).
     """
-    configure_torch_threads()
+    configure_threads()
     first_run = not st.session_state.get("_router_checked")
     st.session_state["_router_checked"] = True
     try:
@@ -378,48 +379,63 @@ def data_codes(loaded: LoadedModel, split: str, limit: int) -> tuple[torch.Tenso
     return codes, labels[:limit], images[:limit]
 
 
-# ---- sampling and landscape -----------------------------------------------------------------
-def _progress_callback(total: int) -> tuple[Callable[[int], None], Any]:
-    bar = st.progress(0.0, text=f"Langevin step 0 / {total}")
-    every, shown = max(1, total // 50), [0]
-
-    def update(step: int) -> None:  # called after each block of steps; redraw at most ~50 times
-        if step - shown[0] >= every or step == total:
-            shown[0] = step
-            bar.progress(step / total, text=f"Langevin step {step:,} / {total:,}")
-
-    return update, bar
+# ---- sampling and landscape: heavy work goes through the server's scheduler ---------------------------
+def session_id() -> str:
+    """A random id for this browser session (the scheduler's and the Train page's notion of "who")."""
+    return st.session_state.setdefault("session_owner", uuid.uuid4().hex)
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def _sample_view(model_key: tuple, settings: tuple, data_key: str | None, _model: LatentEBM, _data_codes: torch.Tensor | None,
-                 with_progress: bool) -> SampleView:
-    s = SampleSettings(**dict(settings))
-    if not with_progress:
-        return sample_view(_model, s, _data_codes)
-    update, bar = _progress_callback(s.num_steps)
-    view = sample_view(_model, s, _data_codes, callback=update)
-    bar.empty()
-    return view
+@st.cache_resource
+def scheduler() -> Scheduler:
+    """The server's one scheduler: a slot per core, less one while a training runs."""
+    return Scheduler(capacity=lambda: usable_cores() - jobs.trainings_running())
+
+
+def scheduled(key: tuple, work: Work, total: int, what: str) -> Any:
+    """Run `work` through the scheduler for this session and return its result.
+
+    While it waits, the page says how many requests are ahead; while it runs (past a moment),
+    how far it is. A rerun (the user moved a slider) leaves the job to the next run, which
+    takes it over or replaces it; anything else ending this run (the session closed) cancels it.
+    """
+    ticket = scheduler().submit(key, session_id(), work, total)
+    if ticket.wait(0.2):
+        return ticket.result()
+    status = st.empty()
+    try:
+        while not ticket.wait(0.25):  # every update also lets Streamlit stop or rerun this script
+            if ticket.state == QUEUED:
+                status.info(f"Queued, {ticket.ahead} ahead: this server runs {scheduler().stats()['capacity']} "
+                            "requests at a time, in the order they came", icon=":material/hourglass_top:")
+            else:
+                status.progress(ticket.progress, text=f"{what}: {ticket.progress:.0%}")
+        return ticket.result()
+    except RerunException:
+        raise
+    except BaseException:
+        ticket.cancel()
+        raise
+    finally:
+        status.empty()
 
 
 def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes: torch.Tensor | None = None) -> SampleView:
-    """Run (or fetch from the cache) a sampling request; heavy requests show a progress bar.
+    """Run (or fetch from the scheduler's cache) a sampling request, showing its place in the queue.
 
     Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
     """
     s = settings.validate()
-    check_request_size(s.num_chains, s.num_steps)  # before any progress bar is drawn
-    key = tuple(sorted(s.as_dict().items()))
-    data_key = str(default_data_dir().resolve()) if s.start == "data" else None  # the start codes come from there
-    heavy = s.num_chains * s.num_steps > QUICK_CHAIN_STEPS
-    with st.spinner("Sampling…") if not heavy else contextlib.nullcontext():
-        return _sample_view(loaded.key, key, data_key, loaded.model, data_codes if s.start == "data" else None, heavy)
+    check_request_size(s.num_chains, s.num_steps)  # refused before it is queued
+    codes = data_codes if s.start == "data" else None
+    data_key = str(default_data_dir().resolve()) if codes is not None else None  # the start codes come from there
+    key = ("sample", loaded.key, tuple(sorted(s.as_dict().items())), data_key)
+    return scheduled(key, lambda should_stop: sample_view(loaded.model, s, codes, should_stop), s.num_steps, "Sampling")
 
 
-@st.cache_data(max_entries=8, show_spinner="Integrating exp(-E) over the 4-D grid…")
-def cached_marginals(model_key: tuple, _model: LatentEBM, extent: float = 5.0) -> Marginals:
-    return marginal_densities(_model, extent=extent)
+def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
+    """The model's marginal densities and log Z by grid quadrature (about a second), through the scheduler."""
+    return scheduled(("marginals", loaded.key, extent), lambda should_stop: marginal_densities(loaded.model, extent=extent),
+                     0, "Integrating exp(-E) over the grid")
 
 
 # ---- pictures -----------------------------------------------------------------------------------

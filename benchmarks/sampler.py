@@ -27,19 +27,22 @@ import torch
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
 from ebm.models import EnergyNet
 from ebm.sampling import run_chains, ula
+from ebm.threads import set_chain_threads, usable_cores
 
 STEP_SIZE = 0.1
 
 
 @contextmanager
 def using_threads(threads: int):
-    """PyTorch's thread count, which ebm.kernels follows too, set for the duration of a block."""
+    """PyTorch's thread count and the kernels' chain threads, set for the duration of a block."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    set_chain_threads(threads)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        set_chain_threads(None)
 
 
 def naive_chain_steps_per_s(net: EnergyNet, chains: int, steps: int, seed: int) -> float:
@@ -86,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(SHIPPED_WEIGHTS))
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs for each measurement")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="cores for both samplers")
+    parser.add_argument("--threads", type=int, default=usable_cores(), help="cores for both samplers")
     args = parser.parse_args()
     model, _ = load_model(args.weights)
     net = model.energy

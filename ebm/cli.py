@@ -23,6 +23,7 @@ from .evaluation import add_evaluate_arguments, run_evaluate
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .runs import new_run_dir
+from .threads import limit_native_threads
 from .training import TrainConfig, build_model, run_metadata, train
 
 
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    limit_native_threads()  # one torch thread ($EBM_TORCH_THREADS), chains split over the cores: ebm.threads
     if args.command == "train":
         run_train(args)
     elif args.command == "sample":

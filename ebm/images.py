@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 
-import imageio.v3 as iio
 import numpy as np
 import torch
+from PIL import Image
+
+GRAY_PALETTE = [v for g in range(256) for v in (g, g, g)]  # palette index = gray level: no colour quantization
 
 
 def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
@@ -31,12 +34,25 @@ def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, pad:
 
 def png_bytes(grid: np.ndarray) -> bytes:
     """Encode a uint8 grid as PNG."""
-    return iio.imwrite("<bytes>", grid, extension=".png")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grid, dtype=np.uint8), "L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def gif_bytes(frames: list[np.ndarray], duration_ms: int = 80, final_hold_ms: int = 1500) -> bytes:
-    """Encode uint8 frames as a looping GIF that holds the last frame a little longer."""
+    """Encode uint8 gray frames as a looping GIF that holds the last frame a little longer.
+
+    Each frame goes in as a palette image whose index is its gray level, so Pillow skips colour
+    quantization: about 6x faster than letting it pick a palette (benchmarks/render.py).
+    """
     if not frames:
         raise ValueError("no frames to animate")
-    durations = [duration_ms] * (len(frames) - 1) + [final_hold_ms]
-    return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=durations, loop=0)
+    images = []
+    for frame in frames:
+        image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), "P")
+        image.putpalette(GRAY_PALETTE)
+        images.append(image)
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], loop=0, optimize=False,
+                   duration=[duration_ms] * (len(images) - 1) + [final_hold_ms])
+    return buf.getvalue()

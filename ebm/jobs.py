@@ -27,7 +27,7 @@ import torch
 
 from .checkpoint import save_model
 from .data import DatasetError, load_binarized
-from .limits import sync_torch_threads
+from .threads import sync_torch_threads
 from .runs import (
     WEIGHTS_NAME,
     check_runs_dir,
@@ -310,6 +310,12 @@ def active_job() -> TrainingJob | None:
     """The running training, if any."""
     with _registry_lock:
         return next((j for j in _jobs if j.active), None)
+
+
+def trainings_running() -> int:
+    """How many trainings run in this process now (0 or 1): each holds a core."""
+    with _registry_lock:
+        return sum(j.active for j in _jobs)
 
 
 def latest_job() -> TrainingJob | None:

@@ -23,9 +23,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401 -- the BLAS that np.dot calls here: loaded now so that it can be limited
 import torch
 
-TILE = 64  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
+from .threads import chain_threads, limit_blas_threads
+
+TILE = 32  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
 # Below this many chain-steps per core, handing work to another thread costs more than it saves.
 MIN_CHAIN_STEPS_PER_THREAD = 1024
 # Every fast-math flag except 'nnan' and 'ninf': NaN must still reach the Metropolis test.
@@ -200,9 +203,14 @@ def _array(t: torch.Tensor) -> np.ndarray:
 
 
 def chain_slices(chains: int, steps: int, threads: int) -> list[slice]:
-    """Contiguous, near-equal groups of chains, one per thread, each worth handing to a core."""
-    parts = max(1, min(threads, chains, chains * steps // MIN_CHAIN_STEPS_PER_THREAD))
-    bounds = [chains * i // parts for i in range(parts + 1)]
+    """Contiguous groups of whole tiles, one per thread, each worth handing to a core.
+
+    Tiles start at multiples of TILE from chain 0 whatever the split, so every chain goes
+    through the same matrix products, and so the same floats, on any number of threads.
+    """
+    tiles = -(-chains // TILE)
+    parts = max(1, min(threads, tiles, chains * steps // MIN_CHAIN_STEPS_PER_THREAD))
+    bounds = [min(chains, TILE * (tiles * i // parts)) for i in range(parts + 1)]
     return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
@@ -211,14 +219,15 @@ def _new_pool() -> None:
     _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-chains")  # threads start lazily
 
 
+limit_blas_threads()  # one BLAS thread: the same floats under any load, and no pool spinning beside ours
 _new_pool()
 os.register_at_fork(after_in_child=_new_pool)  # a forked child has none of the parent's threads
 
 
 def _map_over_chains(work, chains: int, steps: int) -> None:
     """work(first, stop) for each group of `chain_slices`: the calling thread takes the first
-    group, helper threads the others, all at once (PyTorch's thread count in all)."""
-    first, *others = chain_slices(chains, steps, torch.get_num_threads())
+    group, helper threads the others, all at once (`ebm.threads.chain_threads()` in all)."""
+    first, *others = chain_slices(chains, steps, chain_threads())
     futures = [_helpers.submit(work, group.start, group.stop) for group in others]
     work(first.start, first.stop)
     for future in futures:

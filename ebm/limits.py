@@ -1,4 +1,4 @@
-"""Resource limits for serving requests: size caps, and torch's thread count in worker threads.
+"""Resource limits for serving requests: what one interactive request may cost.
 
 The app (and anything else serving requests) checks a request with `check_request_size`
 before running chains; the CLI is not capped, since there the user pays for what they ask.
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .sampling import check_int
 
 MAX_APP_CHAINS = 1024
@@ -17,9 +15,6 @@ MAX_APP_CHAINS = 1024
 
 MAX_CHAIN_STEPS = 2_000_000
 """Most chains × steps one interactive request may run (≈ 5-10 s on one CPU core)."""
-
-QUICK_CHAIN_STEPS = 200_000
-"""Requests up to this many chain-steps finish in well under a second: no progress bar needed."""
 
 MAX_APP_STEPS = 20_000
 """Most Langevin steps K per chain in the app."""
@@ -66,17 +61,3 @@ def frame_indices(num_records: int, max_frames: int = MAX_GIF_FRAMES) -> list[in
         return [num_records - 1]
     step = (num_records - 1) / (max_frames - 1)
     return sorted({round(i * step) for i in range(max_frames)})
-
-
-def sync_torch_threads() -> int:
-    """Give the calling thread torch's process-wide intra-op thread count; returns it.
-
-    `torch.set_num_threads` also sets OpenMP's thread limit, but OpenMP keeps that per thread:
-    a thread started later (a web server's script thread, a training worker) gets OpenMP's
-    default of every core. On a busy 2-core machine that made 500 Langevin steps of 64 chains
-    take 30 s in such a thread instead of 0.4 s. Cheap and idempotent: call it at the start of
-    work in any thread.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(n)
-    return n

@@ -17,15 +17,11 @@ import torch
 
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
-from .limits import (
-    MAX_GIF_CHAINS,
-    MAX_GIF_FRAMES,
-    check_request_size,
-    frame_indices,
-    sync_torch_threads,
-)
+from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, frame_indices
 from .models import LatentEBM
 from .sampling import ChainResult
+from .scheduler import Cancelled
+from .threads import sync_torch_threads
 
 MAX_TRACE_POINTS = 500
 """Points per energy trace; longer runs are thinned (the mean over chains is kept at each point)."""
@@ -66,7 +62,7 @@ def render_samples(
     chains = result.state.position.shape[0]
     shown = min(gif_chains, chains)
     frames_idx = frame_indices(len(result.trajectory), max_frames)
-    frames = chain_frames(model, result.trajectory[frames_idx, :shown])
+    frames = chain_frames(model, result.trajectory[frames_idx, :shown], scale=1)  # the browser scales it (app.py)
     final = decode_binary(model, result.state.position)
     scale = 2 if chains <= 256 else 1
     grid = image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=scale)
@@ -98,14 +94,26 @@ def sample_view(
     model: LatentEBM,
     settings: SampleSettings,
     data_codes: torch.Tensor | None = None,
-    callback: Callable[[int], bool | None] | None = None,
+    should_stop: Callable[[int], bool] | None = None,
 ) -> SampleView:
     """Check the request against the app's caps, run the chains, render the result.
 
-    Raises `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
+    `should_stop(steps_done)` is called after every block of steps; when it returns True the run
+    ends there and `ebm.scheduler.Cancelled` is raised, with nothing rendered. Raises
+    `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
     """
     settings.validate()
     check_request_size(settings.num_chains, settings.num_steps)
     sync_torch_threads()  # callers are often threads other than the one that configured torch
+    stopped = []
+
+    def callback(step: int) -> bool:
+        if should_stop is not None and should_stop(step):
+            stopped.append(step)
+            return True
+        return False
+
     result = sample_chains(model, settings, data_codes, callback=callback)
+    if stopped:
+        raise Cancelled(f"sampling stopped at step {stopped[0]} of {settings.num_steps}")
     return render_samples(model, result, settings)

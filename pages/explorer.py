@@ -191,7 +191,7 @@ st.subheader("Marginal density of each dimension")
 if d > 5:
     st.info(f"A {d}-D grid is too large to integrate here; marginals are shown for models with at most 5 latent dims.")
 else:
-    marg = widgets.cached_marginals(loaded.key, loaded.model)
+    marg = widgets.cached_marginals(loaded)
     st.caption(f"p(z_k) = ∫ e^−E(z) dz_(others) / Z on a {marg.resolution}^{d} grid over [−{marg.extent:g}, {marg.extent:g}]^{d}; "
                f"log Z = {marg.log_z:.4f}." + (" Bars: histogram of test-set codes." if codes is not None else ""))
     mfig = make_subplots(rows=1, cols=d, subplot_titles=[f"z{k}" for k in range(d)], shared_yaxes=True)

@@ -1,16 +1,17 @@
 """Several users at once: concurrent sampling, capped work, one training at a time, isolated sessions.
 
 - The core, as the Sample page calls it (`ebm.render.sample_view`), from 8 threads on one shared
-  model: every request finishes, with the digits its seed gives when run alone.
+  model next to a busy process: every request finishes, with the digits, bit for bit, that its
+  settings give when run alone.
 - Work per request is capped (`ebm.limits`): a request above the cap is refused at once, with a
   message, before any chain runs.
 - A second training while one runs is refused clearly (`ebm.jobs`), even when 8 requests race.
 - Sessions are isolated: what one session uploads or sets changes nothing in another (AppTest).
 - A real server (`streamlit run app.py`) with 8 browser sessions sampling at once (Playwright,
-  Debian's Chromium; skipped without them): no errors, bounded latency.
+  Debian's Chromium; skipped without them): no errors, each session sees its own digits.
 
-The figures (sessions, requests, p50/p95 latency, errors) are printed (`pytest -s`) and written
-to artifacts/concurrency*.json.
+No test here bounds a latency: `python -m benchmarks.serving` measures those. The browser test's
+figures are printed (`pytest -s`) and written to artifacts/concurrency_browser.json.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +48,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
 SESSIONS = 8
 REQUESTS_PER_SESSION = 3
-# Generous: 8 sessions share 2 busy CPU cores in CI; a default request alone takes well under 1 s.
-P95_BOUND_S = 60.0
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,63 +79,72 @@ def model():
 
 # ---- the core under concurrent requests ----------------------------------------------------------
 
-def test_eight_threads_sampling_at_once_get_what_their_seed_gives(model):
-    """8 sessions × 3 requests of the Sample page's default settings on one shared model."""
-    seeds = [[100 * s + r for r in range(REQUESTS_PER_SESSION)] for s in range(SESSIONS)]
-    # what each seed gives when nothing else runs (only the first request of each session, to save time)
-    alone = {row[0]: sample_view(model, SampleSettings(seed=row[0])).final_codes for row in seeds}
+@contextmanager
+def busy_process():
+    """Another program keeping a core busy (bounded: it ends by itself within two minutes)."""
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
 
-    latencies: list[float] = []
+
+# The Sample page's default and a size whose last tile holds one chain (65 = 2 x 32 + 1): the
+# shape where the old kernel's per-thread tiling sent a chain through another BLAS path.
+REQUESTS = [SampleSettings(), SampleSettings(num_chains=65, num_steps=300)]
+
+
+def test_eight_threads_sampling_at_once_get_what_their_seed_gives(model):
+    """8 sessions x 3 requests on one shared model, next to a busy process, twice: every request
+    gives, bit for bit, what its settings give when run alone in another thread setup."""
+    jobs_ = [(s, r, replace(REQUESTS[(s + r) % 2], seed=100 * s + r)) for s in range(SESSIONS) for r in range(REQUESTS_PER_SESSION)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # alone: the way the command line runs (chains split over the cores)
+    try:
+        alone = {settings.seed: sample_view(model, settings) for _, _, settings in jobs_}
+    finally:
+        torch.set_num_threads(threads)
+
     errors: list[str] = []
-    results: dict[int, np.ndarray] = {}
+    mismatches: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(SESSIONS)
 
-    def session(row: list[int]) -> None:
-        torch.set_num_threads(1)
+    def session(index: int) -> None:
+        torch.set_num_threads(1)  # as the app's script threads run
         barrier.wait()  # all sessions start together
-        for seed in row:
-            t0 = time.perf_counter()
+        for s, _, settings in jobs_:
+            if s != index:
+                continue
             try:
-                view = sample_view(model, SampleSettings(seed=seed))
+                view = sample_view(model, settings)
             except Exception as e:  # noqa: BLE001 -- recorded, and the test fails below
                 with lock:
-                    errors.append(f"seed {seed}: {type(e).__name__}: {e}")
+                    errors.append(f"seed {settings.seed}: {type(e).__name__}: {e}")
                 continue
-            dt = time.perf_counter() - t0
-            with lock:
-                latencies.append(dt)
-                results[seed] = view.final_codes
-            assert view.gif[:6] == b"GIF89a" and view.num_chains == 64 and view.steps_done == 500
+            ref = alone[settings.seed]
+            same = (np.array_equal(view.final_codes, ref.final_codes) and view.gif == ref.gif and view.png == ref.png)
+            if not same:
+                with lock:
+                    mismatches.append(f"seed {settings.seed} ({settings.num_chains} chains)")
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(SESSIONS) as pool:
-        list(pool.map(session, seeds))
-    wall = time.perf_counter() - start
-
-    figures = {
-        "sessions": SESSIONS, "requests": SESSIONS * REQUESTS_PER_SESSION, "completed": len(latencies),
-        "errors": len(errors), "p50_s": round(percentile(latencies, 0.5), 3), "p95_s": round(percentile(latencies, 0.95), 3),
-        "max_s": round(max(latencies, default=float("nan")), 3), "wall_s": round(wall, 2),
-        "settings": SampleSettings().as_dict(), "error_messages": errors,
-    }
-    report("concurrency_core", figures)
+    with busy_process():
+        for _ in range(2):
+            with ThreadPoolExecutor(SESSIONS) as pool:
+                list(pool.map(session, range(SESSIONS)))
     assert not errors, errors
-    assert len(latencies) == SESSIONS * REQUESTS_PER_SESSION
-    assert percentile(latencies, 0.95) < P95_BOUND_S
-    for seed, codes in alone.items():  # a shared model and 7 other threads change nothing
-        assert np.array_equal(results[seed], codes), f"seed {seed} gave other digits under load"
-    assert len({results[s].tobytes() for s in results}) == len(results), "different seeds must give different digits"
+    assert not mismatches, f"other digits under load for {mismatches}"
+    assert len({v.final_codes.tobytes() for v in alone.values()}) == len(alone), "different seeds must give different digits"
 
 
 @pytest.mark.parametrize("chains,steps", [(1024, 5000), (2000, 10), (1, 20_001), (1000, 2001)])
 def test_a_request_above_the_cap_is_refused_before_any_work(model, chains, steps):
     calls = []
     settings = SampleSettings(num_chains=chains, num_steps=steps)
-    t0 = time.perf_counter()
     with pytest.raises(RequestTooLarge) as info:
-        sample_view(model, settings, callback=lambda step: calls.append(step))
-    assert time.perf_counter() - t0 < 1.0 and not calls, "no chain may run for a refused request"
+        sample_view(model, settings, lambda step: calls.append(step))
+    assert not calls, "no chain may run for a refused request"
     message = str(info.value)
     assert "at most" in message or "cap" in message
     assert str(chains) in message or f"{steps:,}" in message or str(steps) in message
@@ -416,6 +426,5 @@ def test_eight_browser_sessions_sample_at_once(live_server):
     report("concurrency_browser", figures)
     assert not errors, errors
     assert len(latencies) == SESSIONS * REQUESTS_PER_SESSION
-    assert percentile([t for _, t in latencies], 0.95) < P95_BOUND_S
     assert len(set(grids.values())) == len(grids), "every (session, seed) must show its own digits"
     assert refused.get("images") == 0 and "too large" in refused.get("message", "")

@@ -1,0 +1,193 @@
+"""Fair shares of a few cores for the sampling work of many sessions.
+
+A server's pages hand their heavy work (a sampling run, a quadrature) to `Scheduler.submit` with
+a key that says what the result depends on, and wait on the `Ticket` they get back:
+- at most `capacity()` jobs run at once, one per core (each on one thread, see `ebm.threads`);
+  the others wait in FIFO order, and a ticket says how many jobs are ahead of it;
+- a session wants one result at a time: a newer request from the same session cancels the
+  older one, dropped from the queue or, when running, stopped at its next block of steps
+  (`work` gets a `should_stop(step)` callback, which `ebm.sampling.run_chains` calls per block);
+- the same key asked by several sessions runs once, and the last results are kept (`cache_size`),
+  so the page that everyone opens first costs one run.
+
+No Streamlit here: `widgets.scheduled` is the page side.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from .threads import sync_torch_threads, usable_cores
+
+Work = Callable[[Callable[[int], bool]], Any]
+"""work(should_stop) -> result; `should_stop(steps_done)` records progress and says whether to give up."""
+
+QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
+
+
+class Cancelled(Exception):
+    """The job was cancelled: every session that wanted it asked for something else or left."""
+
+
+class _Job:
+    def __init__(self, key: Hashable, work: Work, total: int):
+        self.key, self.work, self.total = key, work, total
+        self.state = QUEUED
+        self.steps_done = 0
+        self.sessions: set[str] = set()
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def should_stop(self, steps_done: int) -> bool:  # called by the work, in the worker thread
+        self.steps_done = steps_done
+        return self.state == CANCELLED
+
+
+class Ticket:
+    """One session's claim on a job: where it stands, and its result once done."""
+
+    def __init__(self, scheduler: Scheduler, job: _Job, session: str):
+        self._scheduler, self._job, self.session = scheduler, job, session
+
+    @property
+    def state(self) -> str:
+        return self._job.state
+
+    @property
+    def ahead(self) -> int:
+        """Jobs the server works on before this one: those queued before it and those running (0 once it runs)."""
+        return self._scheduler._ahead(self._job)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the job's steps done, in [0, 1]."""
+        return min(1.0, self._job.steps_done / self._job.total) if self._job.total else 0.0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended or `timeout` seconds have passed; True if it has ended."""
+        return self._job.finished.wait(timeout)
+
+    def result(self) -> Any:
+        """The job's result; raises `Cancelled`, or whatever the work raised."""
+        self._job.finished.wait()
+        if self._job.state == CANCELLED:
+            raise Cancelled(f"job {self._job.key!r} was cancelled")
+        if self._job.error is not None:
+            raise self._job.error
+        return self._job.value
+
+    def cancel(self) -> None:
+        """This session no longer wants the result; the job stops when no other session does."""
+        self._scheduler._release(self._job, self.session)
+
+
+class Scheduler:
+    """A FIFO queue of keyed jobs and `capacity()` worker slots; see the module docstring."""
+
+    def __init__(self, capacity: Callable[[], int] | None = None, cache_size: int = 32):
+        self._capacity = capacity or usable_cores
+        self._cache_size = cache_size
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._running: list[_Job] = []
+        self._by_key: dict[Hashable, _Job] = {}  # queued or running jobs
+        self._by_session: dict[str, _Job] = {}
+        self._results: collections.OrderedDict[Hashable, _Job] = collections.OrderedDict()
+        self._workers: list[threading.Thread] = []
+
+    def submit(self, key: Hashable, session: str, work: Work, total: int = 0) -> Ticket:
+        """Ask for the result of `work`, known by `key`, for `session`; cancels the session's previous job."""
+        with self._cond:
+            previous = self._by_session.get(session)
+            job = self._results.get(key)
+            if job is not None:
+                self._results.move_to_end(key)
+            else:
+                job = self._by_key.get(key)
+                if job is None:
+                    job = self._by_key[key] = _Job(key, work, total)
+                    self._queue.append(job)
+                    self._start_workers()
+                    self._cond.notify_all()
+                job.sessions.add(session)
+                self._by_session[session] = job
+        if previous is not None and previous is not job:
+            self._release(previous, session)
+        return Ticket(self, job, session)
+
+    def cancel_session(self, session: str) -> None:
+        """The session has ended: cancel what it was waiting for (unless another session wants it too)."""
+        with self._cond:
+            job = self._by_session.get(session)
+        if job is not None:
+            self._release(job, session)
+
+    def stats(self) -> dict[str, int]:
+        """How many jobs are queued and running now, and the current capacity."""
+        with self._cond:
+            return {"queued": len(self._queue), "running": len(self._running), "capacity": self._slots()}
+
+    # ---- inside -------------------------------------------------------------------------------
+    def _slots(self) -> int:
+        return max(1, int(self._capacity()))
+
+    def _ahead(self, job: _Job) -> int:
+        with self._cond:
+            if job.state != QUEUED:
+                return 0
+            return self._queue.index(job) + len(self._running)
+
+    def _release(self, job: _Job, session: str) -> None:
+        with self._cond:
+            job.sessions.discard(session)
+            if self._by_session.get(session) is job:
+                del self._by_session[session]
+            if job.sessions or job.state not in (QUEUED, RUNNING):
+                return
+            if job.state == QUEUED:
+                self._queue.remove(job)
+            self._by_key.pop(job.key, None)
+            job.state = CANCELLED  # a running job sees this at its next should_stop
+            if job not in self._running:
+                job.finished.set()
+            self._cond.notify_all()
+
+    def _start_workers(self) -> None:
+        while len(self._workers) < max(self._slots(), 1) and len(self._workers) < usable_cores():
+            worker = threading.Thread(target=self._work, name=f"ebm-scheduler-{len(self._workers)}", daemon=True)
+            self._workers.append(worker)
+            worker.start()
+
+    def _work(self) -> None:
+        sync_torch_threads()
+        while True:
+            with self._cond:
+                while not self._queue or len(self._running) >= self._slots():
+                    self._cond.wait(timeout=0.5)  # capacity can change (a training starts or ends)
+                job = self._queue.popleft()
+                job.state = RUNNING
+                self._running.append(job)
+            value, error = None, None
+            try:
+                value = job.work(job.should_stop)
+            except Exception as e:  # noqa: BLE001 -- handed to whoever waits on the job
+                error = e
+            with self._cond:
+                self._running.remove(job)
+                self._by_key.pop(job.key, None)
+                if job.state != CANCELLED:
+                    job.value, job.error = value, error
+                    job.state = FAILED if error is not None else DONE
+                    if error is None:
+                        self._results[job.key] = job
+                        while len(self._results) > self._cache_size:
+                            self._results.popitem(last=False)
+                for session in list(job.sessions):
+                    if self._by_session.get(session) is job:
+                        del self._by_session[session]
+                job.finished.set()
+                self._cond.notify_all()

@@ -1,0 +1,84 @@
+"""How this package's work shares the machine's cores, and why.
+
+Native thread pools (torch's OpenMP, the OpenBLAS that the compiled kernels call) split every
+small op over their threads and wait for all of them at its end. When another process holds a
+core, each of those waits lasts until the descheduled thread runs again: next to one busy
+process, two-thread training ran at 0.27-0.35x its speed alone and next to two at 0.05x (README,
+"Sharing the cores"). With one native thread per worker every op finishes on the core it started
+on, whatever else runs, and the floats do not depend on how many cores there are.
+
+So the native pools get one thread (`limit_native_threads`, `EBM_TORCH_THREADS` overrides torch's),
+and the cores are used at a grain this package controls: chains split over `chain_threads()` helper
+threads in `ebm.kernels` (the command line), or independent requests side by side in
+`ebm.scheduler` (the app, which sets `set_chain_threads(1)`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from threadpoolctl import threadpool_limits
+
+TORCH_THREADS_ENV = "EBM_TORCH_THREADS"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: CPU affinity and a container's CPU quota (cgroups) count."""
+    from joblib.externals.loky import cpu_count  # honours affinity and cgroup v1/v2 quotas
+
+    return max(1, cpu_count(only_physical_cores=False))
+
+
+def torch_threads() -> int:
+    """Torch's intra-op threads: $EBM_TORCH_THREADS if it is a positive integer, else 1."""
+    try:
+        return max(1, int(os.environ.get(TORCH_THREADS_ENV, "1")))
+    except ValueError:
+        return 1
+
+
+def limit_native_threads() -> int:
+    """One thread for OpenBLAS/MKL-style BLAS pools and `torch_threads()` for torch; returns torch's.
+
+    Call it once per process before heavy work (the CLI and the app do); idempotent.
+    """
+    limit_blas_threads()
+    n = torch_threads()
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return sync_torch_threads()
+
+
+def limit_blas_threads() -> None:
+    """One thread in every BLAS library loaded so far (numpy's and scipy's OpenBLAS): the kernels'
+    matrix products then give the same floats whatever else runs, and nothing spins waiting."""
+    threadpool_limits(1, user_api="blas")
+
+
+def sync_torch_threads() -> int:
+    """Give the calling thread torch's process-wide intra-op thread count; returns it.
+
+    `torch.set_num_threads` also sets OpenMP's thread limit, but OpenMP keeps that per thread:
+    a thread started later (a web server's script thread, a worker) gets OpenMP's default of
+    every core. Cheap and idempotent: call it at the start of work in any thread.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return n
+
+
+_chain_threads: int | None = None
+
+
+def chain_threads() -> int:
+    """Threads that one compiled sampling call splits its chains over (default: `usable_cores()`)."""
+    return _chain_threads or usable_cores()
+
+
+def set_chain_threads(n: int | None) -> None:
+    """Fix the chain threads for this process (the app uses 1 and runs requests side by side); None: default."""
+    global _chain_threads
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"chain threads must be an integer >= 1 or None, got {n!r}")
+    _chain_threads = n
