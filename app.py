@@ -7,10 +7,10 @@ import streamlit as st
 
 import widgets
 
-# One native thread per worker, requests side by side: see widgets.configure_threads. The background
+# One native thread per worker, requests side by side: see widgets.configure_process. The background
 # training shares the setting. Pages call it again (widgets.ensure_router): every script run
 # has its own thread, and OpenMP keeps the limit per thread.
-widgets.configure_threads()
+widgets.configure_process()
 
 st.set_page_config(page_title="mnist-ebm · digits from an energy landscape", page_icon=":material/blur_on:", layout="wide")
 

@@ -12,6 +12,7 @@ ignoring bad values with a message; `state_to_url` writes the current values bac
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import random
@@ -49,15 +50,23 @@ DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 
 # ---- routing -------------------------------------------------------------------------------------
-def configure_threads() -> int:
-    """One native thread per worker, chains unsplit: this server uses its cores by running requests
-    side by side (`ebm.scheduler`), which stays fair when other work shares the machine (`ebm.threads`).
-
-    Streamlit runs each script run in its own thread, and OpenMP keeps its limit per thread, so
-    this is called on every run; it is idempotent and cheap. Returns torch's thread count.
+def configure_process() -> int:
+    """Per script run: one native thread per worker, chains unsplit. This server uses its cores by
+    running requests side by side (`ebm.scheduler`), which stays fair when other work shares the
+    machine (`ebm.threads`). Streamlit runs each script run in its own thread, and OpenMP keeps
+    its limit per thread, so this is called on every run; it is idempotent and cheap.
+    Returns torch's thread count.
     """
+    _freeze_startup_objects()
     set_chain_threads(1)
     return limit_native_threads()
+
+
+@st.cache_resource(show_spinner=False)
+def _freeze_startup_objects() -> None:
+    """Once per process: hide what the imports made (about 500k objects) from the garbage
+    collector, whose full passes would otherwise scan it all again, holding the GIL."""
+    gc.freeze()
 
 
 def ensure_router() -> None:
@@ -71,7 +80,7 @@ def ensure_router() -> None:
     Only a session's first run is rerun: that is a page load, so no button click is lost
     (AppTest re-enables the mode before every run, clicks included).
     """
-    configure_threads()
+    configure_process()
     first_run = not st.session_state.get("_router_checked")
     st.session_state["_router_checked"] = True
     try:
