@@ -43,7 +43,7 @@ def gif_bytes(frames: list[np.ndarray], duration_ms: int = 80, final_hold_ms: in
     """Encode uint8 gray frames as a looping GIF that holds the last frame a little longer.
 
     Each frame goes in as a palette image whose index is its gray level, so Pillow skips colour
-    quantization: about 6x faster than letting it pick a palette (benchmarks/render.py).
+    quantization, the slow part of letting it pick a palette (`python -m benchmarks.render`).
     """
     if not frames:
         raise ValueError("no frames to animate")
