@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -428,3 +429,40 @@ def test_eight_browser_sessions_sample_at_once(live_server):
     assert len(latencies) == SESSIONS * REQUESTS_PER_SESSION
     assert len(set(grids.values())) == len(grids), "every (session, seed) must show its own digits"
     assert refused.get("images") == 0 and "too large" in refused.get("message", "")
+
+
+def test_a_waiting_request_shows_its_place_in_the_queue(live_server):
+    """Heavy requests fill every slot; the next visitor sees "Queued, N ahead", then their digits."""
+    from playwright.async_api import async_playwright
+
+    heavy = (os.cpu_count() or 1) + 1  # more than the scheduler's slots (one per usable core)
+    main = '[data-testid="stMain"]'
+
+    async def main_flow() -> tuple[str, int]:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                pages = []
+                for i in range(heavy):  # each waits until its request is in the scheduler (running or queued)
+                    page = await (await browser.new_context()).new_page()
+                    page.set_default_timeout(180_000)
+                    await page.goto(f"{live_server}/sample?chains=1024&K=1950&seed={900 + i}")
+                    await page.locator(f'{main} [data-testid="stProgress"], {main} [data-testid="stAlert"]').first.wait_for()
+                    pages.append(page)
+                page = await (await browser.new_context(viewport={"width": 1400, "height": 900})).new_page()
+                page.set_default_timeout(180_000)
+                await page.goto(f"{live_server}/sample?seed=77")
+                queued = page.locator(main).get_by_text("Queued,", exact=False).first
+                await queued.wait_for()
+                text = await queued.inner_text()
+                ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "screenshots" / "sample_queued.png"))
+                grid = page.locator(f'{main} [data-testid="stImage"]').filter(has_text="samples after step")
+                await grid.wait_for()
+                return text, await page.locator(f'{main} [data-testid="stException"]').count()
+            finally:
+                await browser.close()
+
+    text, exceptions = asyncio.run(main_flow())
+    assert re.match(r"Queued, \d+ ahead", text), text
+    assert exceptions == 0
