@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
 
 from . import __version__
+from .data import check_dataset, check_threshold
 from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 
 FORMAT = "mnist-ebm/1"
@@ -119,6 +120,13 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
         raise WeightsError(f"{name}: metadata field 'extra' is not valid JSON: {e}") from None
     if not isinstance(extra, dict):
         raise WeightsError(f"{name}: metadata field 'extra' must be a JSON object, got {type(extra).__name__}")
+    try:  # the pages and the CLI load data by these, so a bad value must stop here
+        if "dataset" in extra:
+            check_dataset(extra["dataset"])
+        if "threshold" in extra:
+            check_threshold(extra["threshold"])
+    except ValueError as e:
+        raise WeightsError(f"{name}: metadata field 'extra' is invalid: {e}") from None
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     model.eval()
     return model, extra

@@ -129,7 +129,11 @@ def run_sample(args: argparse.Namespace) -> dict:
     pick_device(args.device)
     data_codes = None
     if settings.start == "data":
-        images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(), meta.get("threshold", 0.5))
+        try:
+            images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(),
+                                       meta.get("threshold", 0.5))
+        except DatasetError as e:
+            raise SystemExit(f"error: {e}")
         data_codes = model.encode(images)
     with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
         def advance(step: int) -> None:

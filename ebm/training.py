@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .data import check_dataset, check_threshold
 from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from .sampling import DEFAULT_TARGET_ACCEPTANCE, ReplayBuffer, adapted_step_size, build_sampler, run_chains
 
@@ -80,8 +81,8 @@ class TrainConfig:
             raise ValueError(f"negatives_every must be an integer >= 0, got {self.negatives_every}")
         if not 0.0 <= self.reinit_prob <= 1.0:
             raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_dataset(self.dataset)
+        check_threshold(self.threshold)
         return self
 
 

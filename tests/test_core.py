@@ -67,6 +67,21 @@ def test_foreign_safetensors_and_nan_tensors_are_refused(tiny_model):
         model_from_bytes(save_tensors(tensors, metadata=header["__metadata__"]))
 
 
+@pytest.mark.parametrize("extra,match", [
+    ({"dataset": "../../etc/passwd"}, r"unknown dataset '\.\./\.\./etc/passwd'; choose one of mnist, fashion-mnist"),
+    ({"threshold": 7}, r"threshold must be in \(0, 1\), got 7"),
+    ({"dataset": "mnist", "threshold": "0.5"}, r"threshold must be in \(0, 1\), got '0\.5'"),
+])
+def test_bad_run_metadata_is_refused_on_load(tiny_model, tmp_path, extra, match):
+    data = model_to_bytes(tiny_model[0], extra)
+    with pytest.raises(WeightsError, match=f"^run-x: metadata field 'extra' is invalid: {match}$"):
+        model_from_bytes(data, name="run-x")
+    (tmp_path / "bad.safetensors").write_bytes(data)
+    with pytest.raises(SystemExit) as exc:  # the CLI says so in one line, with the file
+        main(["sample", "--weights", str(tmp_path / "bad.safetensors"), "--start", "data", "--steps", "2"])
+    assert str(exc.value.code).startswith(f"error: {tmp_path / 'bad.safetensors'}: metadata field 'extra' is invalid")
+
+
 def test_training_yields_both_stages_and_learns():
     cfg = TrainConfig(**TINY_CONFIG | {"ae_epochs": 6, "ae_lr": 1e-2})
     gen = torch.Generator().manual_seed(0)
