@@ -132,9 +132,10 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
     return model, extra
 
 
-def load_model(path: str | Path = SHIPPED_WEIGHTS) -> tuple[LatentEBM, dict]:
-    """Load a weights file from disk; see `model_from_bytes`."""
+def load_model(path: str | Path = SHIPPED_WEIGHTS, name: str | None = None) -> tuple[LatentEBM, dict]:
+    """Load a weights file from disk; see `model_from_bytes`. Messages call it `name` (default: its path)."""
     path = Path(path)
+    name = str(path) if name is None else name
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    return model_from_bytes(path.read_bytes(), name=str(path))
+        raise WeightsError(f"weights file {name} does not exist")
+    return model_from_bytes(path.read_bytes(), name=name)

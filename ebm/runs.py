@@ -37,7 +37,7 @@ def check_runs_dir(runs_dir: str | Path) -> Path:
     """Return the runs directory as a Path; ValueError if it is (inside) the shipped weights folder."""
     path = Path(runs_dir)
     if _inside_shipped(path):
-        raise ValueError(f"runs cannot be saved under the shipped weights folder {SHIPPED_WEIGHTS.parent}")
+        raise ValueError(f"runs cannot be saved under the shipped weights folder ({SHIPPED_WEIGHTS.parent.name}/)")
     return path
 
 
