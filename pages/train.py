@@ -142,6 +142,11 @@ def show_live(snap: jobs.JobSnapshot) -> None:
 
     if snap.error:
         st.error(widgets.server_message(snap.error))
+    if snap.unsaved_model is not None:
+        st.download_button("Download the trained model", snap.unsaved_model, file_name=f"{snap.id}.safetensors",
+                           mime="application/octet-stream", key=f"dl_unsaved_{snap.id}", on_click="ignore",
+                           icon=":material/download:", type="primary",
+                           help="It is only in this server's memory: download it before the server restarts")
     for message in snap.messages[-3:]:
         st.warning(message)
 
@@ -214,6 +219,9 @@ if cfg is not None:
         jobs.start_training(cfg, owner=me)
     except jobs.JobAlreadyRunning as e:
         st.warning(str(e).capitalize())
+    except runs.RunsDirError as e:
+        st.error(f"Cannot start: the runs folder {widgets.server_message(e.reason)}, so the trained model could not "
+                 "be saved; set the server's `EBM_RUNS_DIR` to a writable folder with free space.")
     except ValueError as e:
         st.error(f"Cannot start: {widgets.server_message(e)}")
     else:

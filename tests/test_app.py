@@ -20,7 +20,7 @@ from ebm import jobs, runs
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_to_bytes, write_atomically
 from ebm.data import RAW_FILES, idx_bytes
 
-from conftest import isolated_server_state
+from conftest import disk_full_under, isolated_server_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
@@ -417,6 +417,32 @@ def test_train_reports_dataset_errors(monkeypatch):
     wait_until(lambda: jobs.latest_job().snapshot().done)
     at.run()
     assert any("Dataset problem" in e.value and "mnist is missing" in e.value for e in at.error)
+
+
+def test_train_refuses_to_start_on_a_read_only_runs_dir(read_only_dir, monkeypatch):
+    monkeypatch.setenv("EBM_RUNS_DIR", str(read_only_dir / "runs"))
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    assert jobs.latest_job() is None  # refused before any work
+    (error,) = at.error
+    assert re.fullmatch(r"Cannot start: the runs folder is not writable \(.+\), so the trained model could not be saved; "
+                        r"set the server's `EBM_RUNS_DIR` to a writable folder with free space\.", plain(error.value))
+    assert str(read_only_dir) not in rendered_text(at)
+
+
+def test_train_on_a_full_disk_fails_and_offers_the_model_for_download(environment, monkeypatch):
+    disk_full_under(monkeypatch, environment / "runs")
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    job = jobs.latest_job()
+    wait_until(lambda: job.snapshot().done)
+    at.run()
+    assert not at.exception and job.snapshot().state == "failed"
+    assert [plain(e.value) for e in at.error] == ["Could not save the run: the runs folder could not be written (No space "
+                                                  "left on device), so the trained model is kept in memory only."]
+    assert [b.proto.label for b in at.get("download_button")] == ["Download the trained model"]
+    assert runs.list_runs() == [] and not at.success and "Saved runs (0)" in rendered_text(at)
+    assert str(environment) not in rendered_text(at)
 
 
 def test_the_train_page_names_runs_never_server_paths(environment):
