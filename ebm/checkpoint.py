@@ -59,12 +59,18 @@ def write_atomically(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
-    """Write atomically; refuse to touch the shipped weights folder."""
+def check_weights_path(path: str | Path) -> Path:
+    """The resolved path to write weights to; WeightsError for the shipped weights folder
+    (unless $EBM_ALLOW_SHIPPED_WRITE=1, which is how the shipped weights are made)."""
     path = Path(path).resolve()
     if path.parent == SHIPPED_WEIGHTS.parent.resolve() and os.environ.get("EBM_ALLOW_SHIPPED_WRITE") != "1":
         raise WeightsError(f"refusing to overwrite the shipped weights folder {path.parent}; save runs elsewhere")
-    return write_atomically(path, model_to_bytes(model, extra))
+    return path
+
+
+def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
+    """Write atomically; refuse to touch the shipped weights folder."""
+    return write_atomically(check_weights_path(path), model_to_bytes(model, extra))
 
 
 def _config(metadata: dict, key: str, cls, name: str):
