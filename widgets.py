@@ -8,6 +8,10 @@ functions take them as leading-underscore arguments next to an explicit hashable
 Query parameters: settings that define a result live in the URL (`st.query_params`) so a
 view can be shared. `url_to_state` reads them once per page and session, clamping or
 ignoring bad values with a message; `state_to_url` writes the current values back.
+
+Text from outside that a page shows back (URL values, file and run names) goes through
+`echo`, and the core's error messages through `server_message`: cut short, escaped for
+Markdown, and without the server's paths.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import gc
 import hashlib
 import math
 import random
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +52,38 @@ MAX_UI_SEED = 2**31 - 1  # browsers keep integers exact only up to 2**53; 2**31 
 SHIPPED = "shipped"
 UPLOAD_PREFIX = "upload:"
 DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+ECHO_LIMIT = 40  # characters of a URL value or a name shown back
+MESSAGE_LIMIT = 400  # characters of an error message that quotes one
+_ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+_ADDRESS_START = re.compile(r"(?i)(https?(?=:)|www(?=\.)|(?=@))")  # where GFM starts a link in plain text
+WORD_JOINER = "\u2060"
+
+
+def echo(value: object, limit: int = ECHO_LIMIT) -> str:
+    """Text from outside (a URL value, a file or run name, a message quoting one) made safe for
+    Markdown, which st.warning, st.error and the others render.
+
+    Runs of whitespace and control characters become one space, the text is cut to `limit`
+    characters (with an ellipsis), and every ASCII punctuation character is backslash-escaped,
+    which CommonMark allows for all of them. Streamlit still links web and mail addresses in
+    escaped text (GFM's literal autolinks look at the text after parsing), so an invisible
+    word joiner goes after "http", "https" and "www" and before "@". The text shows as written,
+    with no link, image, emphasis, code span, coloured text or maths made from it.
+    """
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return _ASCII_PUNCTUATION.sub(r"\\\1", _ADDRESS_START.sub(rf"\1{WORD_JOINER}", text))
+
+
+def server_message(error: object) -> str:
+    """An error from the core, for a page: the data and runs folders by name, never by server
+    path, and the rest shown as written (see `echo`)."""
+    text = str(error)
+    for folder in (default_data_dir().resolve(), runs_mod.default_runs_dir().resolve()):
+        if folder.name:  # not the file system's root
+            text = text.replace(str(folder), folder.name)
+    return echo(text, MESSAGE_LIMIT)
 
 
 # ---- routing -------------------------------------------------------------------------------------
@@ -115,25 +152,26 @@ class Param:
 def parse_param(param: Param, raw: str) -> tuple[Any, str | None]:
     """Turn a URL value into a valid setting: (value, None), (clamped value, message) or (None, message)."""
     raw = str(raw).strip()
+    shown = echo(raw)
     if param.kind == "choice":
         lookup = {str(c).lower(): c for c in param.choices}
         if raw.lower() in lookup:
             return lookup[raw.lower()], None
-        return None, f"`{param.name}={raw}` in the URL is not one of {', '.join(map(str, param.choices))}; ignored"
+        return None, f"{param.name}={shown} in the URL is not one of {', '.join(map(str, param.choices))}; ignored"
     try:
         number = float(raw)
     except ValueError:
-        return None, f"`{param.name}={raw}` in the URL is not a number; ignored"
+        return None, f"{param.name}={shown} in the URL is not a number; ignored"
     if not math.isfinite(number):
-        return None, f"`{param.name}={raw}` in the URL is not a finite number; ignored"
+        return None, f"{param.name}={shown} in the URL is not a finite number; ignored"
     if param.kind == "int":
         if number != int(number):
-            return None, f"`{param.name}={raw}` in the URL is not a whole number; ignored"
+            return None, f"{param.name}={shown} in the URL is not a whole number; ignored"
         number = int(number)
     if param.lo is not None and number < param.lo:
-        return type(param.default)(param.lo), f"`{param.name}={raw}` in the URL is below the minimum; using {param.lo}"
+        return type(param.default)(param.lo), f"{param.name}={shown} in the URL is below the minimum; using {param.lo}"
     if param.hi is not None and number > param.hi:
-        return type(param.default)(param.hi), f"`{param.name}={raw}` in the URL is above the maximum; using {param.hi}"
+        return type(param.default)(param.hi), f"{param.name}={shown} in the URL is above the maximum; using {param.hi}"
     return number, None
 
 
@@ -234,8 +272,8 @@ class LoadedModel:
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
-def _load_file_model(path: str, mtime_ns: int) -> tuple[LatentEBM, dict]:
-    return load_model(path)
+def _load_file_model(path: str, mtime_ns: int, name: str) -> tuple[LatentEBM, dict]:
+    return load_model(path, name=name)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
@@ -243,10 +281,11 @@ def _load_upload_model(digest: str, _data: bytes, name: str) -> tuple[LatentEBM,
     return model_from_bytes(_data, name=name)
 
 
-def load_file_model(path: str | Path) -> LoadedModel:
+def load_file_model(path: str | Path, name: str | None = None) -> LoadedModel:
+    """A weights file, cached by path and mtime; its errors call it `name` (default: the file name), not its path."""
     path = Path(path)
     mtime = path.stat().st_mtime_ns
-    model, meta = _load_file_model(str(path.resolve()), mtime)
+    model, meta = _load_file_model(str(path.resolve()), mtime, name or path.name)
     return LoadedModel(model, meta, ("file", str(path.resolve()), mtime), path.name, SHIPPED)
 
 
@@ -291,7 +330,7 @@ def model_picker() -> LoadedModel:
             if wanted in options and not wanted.startswith(UPLOAD_PREFIX):
                 st.session_state["model_choice"] = wanted
             else:
-                st.session_state["_model_message"] = f"The model `{wanted}` from the link was not found; using the shipped model"
+                st.session_state["_model_message"] = f"The model {echo(wanted)} from the link was not found; using the shipped model"
     if st.session_state.get("model_choice") not in options:
         st.session_state["model_choice"] = SHIPPED
 
@@ -308,17 +347,18 @@ def model_picker() -> LoadedModel:
         if choice in runs:
             run = runs[choice]
             cfg = run.extra.get("train_config", {})
-            st.caption(f"{DATASET_LABELS.get(run.dataset, run.dataset)} · {cfg.get('ae_epochs', '?')} epochs, "
+            st.caption(f"{echo(DATASET_LABELS.get(run.dataset, run.dataset))} · {cfg.get('ae_epochs', '?')} epochs, "
                        f"{cfg.get('ebm_iterations', '?')} iterations" + (" · stopped early" if run.extra.get("stopped_early") else ""))
         with st.expander("Use your own weights"):
             st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload", on_change=_on_upload,
                              help="A file saved by this app or `python -m ebm train`")
         if st.session_state.get("upload_error"):
-            st.error(f"That file cannot be used: {st.session_state['upload_error']}. Keeping the previous model.")
+            st.error(f"That file cannot be used: {server_message(st.session_state['upload_error'])}. Keeping the previous model.")
         message = st.session_state.pop("_model_message", None)
         if message:
             st.warning(message)
 
+    problem = None
     try:
         if choice == SHIPPED:
             loaded = shipped_model()
@@ -328,10 +368,15 @@ def model_picker() -> LoadedModel:
             model, meta = _load_upload_model(digest, data, name)
             loaded = LoadedModel(model, meta, ("upload", digest), name, choice)
         else:
-            loaded = load_file_model(runs[choice].path)
+            loaded = load_file_model(runs[choice].path, name=choice)
             loaded.label, loaded.choice = choice, choice
-    except (WeightsError, OSError) as e:
-        st.sidebar.error(f"Could not load {label(choice)}: {e}. Using the shipped model.")
+    except WeightsError as e:  # it names the run or file, never a server path
+        problem = str(e)
+    except OSError as e:  # its message would hold the server path
+        problem = e.strerror or type(e).__name__
+    if problem is not None:
+        st.sidebar.error(f"Could not load {echo(label(choice), MESSAGE_LIMIT)}: {server_message(problem)}. "
+                         "Using the shipped model.")
         loaded = shipped_model()
     if loaded.choice.startswith(UPLOAD_PREFIX):
         st.query_params.pop("model", None)
@@ -359,13 +404,14 @@ def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str =
     try:
         return _dataset(name, split, threshold, False)
     except DatasetError as e:
-        st.info(f"The {DATASET_LABELS.get(name, name)} {split} set is not available here, so this part is skipped. ({e})")
+        st.info(f"The {DATASET_LABELS.get(name, name)} {split} set is not available here, so this part is skipped. "
+                f"({server_message(e)})")
         if st.button(f"Download {DATASET_LABELS.get(name, name)}", key=f"{key}_{name}_{split}"):
             try:
                 with st.spinner("Downloading…"):
                     return _dataset(name, split, threshold, True)
             except DatasetError as e2:
-                st.error(f"Download failed: {e2}")
+                st.error(f"Download failed: {server_message(e2)}")
         return None
 
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
 
 from . import __version__
+from .data import check_dataset, check_threshold
 from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 
 FORMAT = "mnist-ebm/1"
@@ -58,12 +59,18 @@ def write_atomically(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
-    """Write atomically; refuse to touch the shipped weights folder."""
+def check_weights_path(path: str | Path) -> Path:
+    """The resolved path to write weights to; WeightsError for the shipped weights folder
+    (unless $EBM_ALLOW_SHIPPED_WRITE=1, which is how the shipped weights are made)."""
     path = Path(path).resolve()
     if path.parent == SHIPPED_WEIGHTS.parent.resolve() and os.environ.get("EBM_ALLOW_SHIPPED_WRITE") != "1":
         raise WeightsError(f"refusing to overwrite the shipped weights folder {path.parent}; save runs elsewhere")
-    return write_atomically(path, model_to_bytes(model, extra))
+    return path
+
+
+def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) -> Path:
+    """Write atomically; refuse to touch the shipped weights folder."""
+    return write_atomically(check_weights_path(path), model_to_bytes(model, extra))
 
 
 def _config(metadata: dict, key: str, cls, name: str):
@@ -119,14 +126,22 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
         raise WeightsError(f"{name}: metadata field 'extra' is not valid JSON: {e}") from None
     if not isinstance(extra, dict):
         raise WeightsError(f"{name}: metadata field 'extra' must be a JSON object, got {type(extra).__name__}")
+    try:  # the pages and the CLI load data by these, so a bad value must stop here
+        if "dataset" in extra:
+            check_dataset(extra["dataset"])
+        if "threshold" in extra:
+            check_threshold(extra["threshold"])
+    except ValueError as e:
+        raise WeightsError(f"{name}: metadata field 'extra' is invalid: {e}") from None
     model.load_state_dict({k: v.float() for k, v in tensors.items()})
     model.eval()
     return model, extra
 
 
-def load_model(path: str | Path = SHIPPED_WEIGHTS) -> tuple[LatentEBM, dict]:
-    """Load a weights file from disk; see `model_from_bytes`."""
+def load_model(path: str | Path = SHIPPED_WEIGHTS, name: str | None = None) -> tuple[LatentEBM, dict]:
+    """Load a weights file from disk; see `model_from_bytes`. Messages call it `name` (default: its path)."""
     path = Path(path)
+    name = str(path) if name is None else name
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    return model_from_bytes(path.read_bytes(), name=str(path))
+        raise WeightsError(f"weights file {name} does not exist")
+    return model_from_bytes(path.read_bytes(), name=name)

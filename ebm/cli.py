@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,14 +19,14 @@ from tqdm import tqdm
 
 from . import __version__
 from .classifier import add_train_classifier_arguments, run_train_classifier
-from .checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, save_model
+from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
 from .data import DATASETS, DatasetError, default_data_dir, load_binarized
 from .evaluation import add_evaluate_arguments, run_evaluate
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
-from .runs import new_run_dir
+from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .threads import limit_native_threads
-from .training import TrainConfig, build_model, run_metadata, train
+from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
 
 
 
@@ -68,6 +70,55 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
 
 
+def _destination(args: argparse.Namespace) -> tuple[str, str]:
+    """Where the weights go, in words, and the flag that picks another place."""
+    if args.out is not None:
+        return f"the folder of --out {args.out.parent}", "--out"
+    return f"the runs folder {args.runs_dir or default_runs_dir()}", "--runs-dir"
+
+
+def check_destination(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Before training: exit with one sentence if the weights could not be saved where asked."""
+    try:
+        if args.out is None:
+            check_room(check_runs_dir(args.runs_dir or default_runs_dir()), weights_bytes(cfg))
+        else:
+            check_room(check_weights_path(args.out).parent, weights_bytes(cfg))
+    except RunsDirError as e:
+        where, flag = _destination(args)
+        raise SystemExit(f"error: {where} {e.reason}; pick another place with {flag}")
+    except ValueError as e:  # WeightsError is one: the shipped weights folder
+        raise SystemExit(f"error: {e}")
+
+
+def save_trained(model, cfg: TrainConfig, args: argparse.Namespace) -> Path:
+    """Save the trained model where asked; if that fails, in a fresh temp folder, and say so.
+
+    Exits non-zero only when neither could be written: the model is never lost silently.
+    """
+    data = model_to_bytes(model.cpu(), run_metadata(cfg))
+    try:
+        if args.out is None:
+            return save_run(data, cfg.dataset, runs_dir=args.runs_dir)
+        return write_atomically(check_weights_path(args.out), data)
+    except OSError as e:  # RunsDirError is one
+        reason = e.reason if isinstance(e, RunsDirError) else f"could not be written ({e.strerror or type(e).__name__})"
+    where, flag = _destination(args)
+    folder = None
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="mnist-ebm-"))
+        fallback = write_atomically(folder / WEIGHTS_NAME, data)
+    except OSError as e:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise SystemExit(f"error: {where} {reason}, and the temp folder could not be written either "
+                         f"({e.strerror or type(e).__name__}), so the trained model is lost; free some disk space "
+                         f"or pick another place with {flag}")
+    print(f"warning: {where} {reason}, so the trained model was saved to {fallback} instead; "
+          f"pick another place with {flag} next time", file=sys.stderr)
+    return fallback
+
+
 def run_train(args: argparse.Namespace) -> Path:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     try:
@@ -75,13 +126,13 @@ def run_train(args: argparse.Namespace) -> Path:
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     pick_device(cfg.device)
+    check_destination(args, cfg)
     data_dir = args.data_dir or default_data_dir()
     try:
         train_x, _ = load_binarized(cfg.dataset, "train", data_dir, cfg.threshold)
         test_x, _ = load_binarized(cfg.dataset, "test", data_dir, cfg.threshold)
     except DatasetError as e:
         raise SystemExit(f"error: {e}")
-    out = args.out or new_run_dir(args.runs_dir, cfg.dataset) / "model.safetensors"
     model = build_model(cfg)
     bars: dict[str, tqdm] = {}
     try:
@@ -95,10 +146,12 @@ def run_train(args: argparse.Namespace) -> Path:
                 tqdm.write(ev.message)
     except KeyboardInterrupt:
         tqdm.write("interrupted: saving what was trained so far")
+    except DivergenceError as e:
+        raise SystemExit(f"error: training diverged: {e}; try a smaller learning rate or step size")
     finally:
         for bar in bars.values():
             bar.close()
-    path = save_model(model.cpu(), out, run_metadata(cfg))
+    path = save_trained(model, cfg, args)
     print(f"saved {path}")
     return path
 
@@ -130,7 +183,11 @@ def run_sample(args: argparse.Namespace) -> dict:
     pick_device(args.device)
     data_codes = None
     if settings.start == "data":
-        images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(), meta.get("threshold", 0.5))
+        try:
+            images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(),
+                                       meta.get("threshold", 0.5))
+        except DatasetError as e:
+            raise SystemExit(f"error: {e}")
         data_codes = model.encode(images)
     with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
         def advance(step: int) -> None:

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import logging
+import numbers
 import os
 import pickle
 import socket
@@ -86,7 +87,7 @@ def load_images(
     download: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` of one split of a dataset."""
-    _check_choice("name", name, DATASETS)
+    check_dataset(name)
     _check_choice("split", split, SPLITS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     dataset_cls = _TORCHVISION[name]
@@ -97,8 +98,7 @@ def load_images(
 
 def binarize(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
     """Map uint8 images (N, 28, 28) to float32 (N, 784) with 1 where intensity/255 >= threshold."""
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    check_threshold(threshold)
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise ValueError(
             f"expected uint8 images of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}"
@@ -116,8 +116,7 @@ def load_binarized(
     download: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(binarized images float32 (N, 784) in {0, 1}, labels int64 (N,))``."""
-    if not 0.0 < threshold < 1.0:  # fail before any loading or downloading
-        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    check_threshold(threshold)  # fail before any loading or downloading
     images, labels = load_images(name, split, data_dir, download)
     return binarize(images, threshold), labels
 
@@ -212,6 +211,19 @@ class _ArrayUnpickler(pickle.Unpickler):
 def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def check_dataset(name: str) -> str:
+    """A dataset name this package can load; ValueError naming the choices otherwise."""
+    _check_choice("dataset", name, DATASETS)
+    return name
+
+
+def check_threshold(threshold: float) -> float:
+    """A binarization threshold: a number strictly between 0 and 1; ValueError otherwise."""
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    return float(threshold)
 
 
 def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:

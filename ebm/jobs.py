@@ -3,10 +3,11 @@
 A `TrainingJob` runs `ebm.training.train` in a daemon thread and records every event in a
 thread-safe way; a web page (or anything else) polls `job.snapshot()` and calls `job.stop()`.
 Stopping takes effect between training events (every few batches / 10 energy iterations);
-whatever was trained is then saved as a new run, like a finished training. The registry
-(`start_training`, `active_job`, `latest_job`) lives at module level, so a job outlives the
-page or session that started it, and only one training runs at a time: a second request is
-refused with `JobAlreadyRunning`.
+whatever was trained is then saved as a new run, like a finished training. A save that fails
+(full or read-only disk) ends the job "failed" with the weights kept in memory for download,
+and leaves no half-written run to list. The registry (`start_training`, `active_job`,
+`latest_job`) lives at module level, so a job outlives the page or session that started it,
+and only one training runs at a time: a second request is refused with `JobAlreadyRunning`.
 
 No Streamlit here: the app imports this module, not the other way round.
 """
@@ -25,16 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import save_model
+from .checkpoint import model_to_bytes
 from .data import DatasetError, load_binarized
+from .runs import RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .threads import sync_torch_threads
-from .runs import (
-    WEIGHTS_NAME,
-    check_runs_dir,
-    default_runs_dir,
-    new_run_dir,
-    write_history,
-)
 from .training import (
     DivergenceError,
     TrainConfig,
@@ -43,6 +38,7 @@ from .training import (
     run_metadata,
     standardize_codes,
     train,
+    weights_bytes,
 )
 
 DataLoader = Callable[[str, str, float], tuple[torch.Tensor, torch.Tensor]]
@@ -94,6 +90,7 @@ class JobSnapshot:
     progress: dict[str, float] = field(default_factory=dict)  # stage -> fraction done in [0, 1]
     stage_remaining: float | None = None  # seconds left in the current stage, estimated from its rate
     owner: str | None = None
+    unsaved_model: bytes | None = None  # the trained weights (safetensors) when saving them failed
 
     @property
     def active(self) -> bool:
@@ -126,6 +123,7 @@ class TrainingJob:
         self._negatives_step: int | None = None
         self._error: str | None = None
         self._run_path: Path | None = None
+        self._unsaved_model: bytes | None = None
         self._started_at = time.time()
         self._t0 = time.monotonic()
         self._ended: float | None = None
@@ -176,7 +174,7 @@ class TrainingJob:
                 negatives=None if self._negatives is None else self._negatives.copy(),
                 negatives_step=self._negatives_step, error=self._error, run_path=self._run_path,
                 started_at=self._started_at, elapsed=now - self._t0, stage=stage, progress=progress,
-                stage_remaining=remaining, owner=self.owner,
+                stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
             )
 
     # ---- the worker ----------------------------------------------------------------------
@@ -234,7 +232,8 @@ class TrainingJob:
             self._finish("failed", None, f"Invalid configuration: {e}")
             return
         except Exception as e:  # noqa: BLE001 -- anything else: keep the server alive, show what happened
-            self._finish("failed", None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+            traceback.print_exc()  # to the server's log: a traceback names server paths, which pages never show
+            self._finish("failed", None, f"{type(e).__name__}: {e}")
             return
         self._save(model, train_x)
 
@@ -254,20 +253,26 @@ class TrainingJob:
                 "stages_done": {s: round(snap.progress.get(s, 0.0), 4) for s in STAGES},
                 "trained_seconds": round(snap.elapsed, 1),
             })
-            run_dir = new_run_dir(self.runs_dir, cfg.dataset)
-            path = save_model(model.cpu(), run_dir / WEIGHTS_NAME, extra)
-            write_history(run_dir, {"config": asdict(cfg), "events": snap.events, "messages": snap.messages,
-                                    "stopped_early": stopped})
+            weights = model_to_bytes(model.cpu(), extra)
         except Exception as e:  # noqa: BLE001 -- report it on the page instead of losing the thread
             self._finish("failed", None, f"Could not save the run: {type(e).__name__}: {e}")
             return
+        history = {"config": asdict(cfg), "events": snap.events, "messages": snap.messages, "stopped_early": stopped}
+        try:
+            path = save_run(weights, cfg.dataset, history, self.runs_dir)
+        except Exception as e:  # noqa: BLE001 -- RunsDirError above all (disk full, read-only): keep the weights
+            reason = e.reason if isinstance(e, RunsDirError) else f"could not be written ({type(e).__name__}: {e})"
+            self._finish("failed", None, f"Could not save the run: the runs folder {reason}, "
+                                         "so the trained model is kept in memory only.", unsaved=weights)
+            return
         self._finish("stopped" if stopped else "finished", path, None)
 
-    def _finish(self, state: str, path: Path | None, error: str | None) -> None:
+    def _finish(self, state: str, path: Path | None, error: str | None, unsaved: bytes | None = None) -> None:
         with self._lock:
             self._state = state
             self._run_path = path
             self._error = error
+            self._unsaved_model = unsaved
             self._ended = time.monotonic()
 
 
@@ -284,13 +289,14 @@ def start_training(
 ) -> TrainingJob:
     """Validate `cfg` and start training it in the background; returns the job.
 
-    Raises JobAlreadyRunning when a training is already running in this process, and
-    ValueError for an invalid configuration or a runs directory under weights/.
+    Raises JobAlreadyRunning when a training is already running in this process,
+    ValueError for an invalid configuration or a runs directory under weights/, and
+    RunsDirError for a runs directory that could not take the run (read-only, disk full).
     """
     cfg = copy.deepcopy(cfg).validate()
     if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
         raise ValueError(f"device {cfg.device!r} is not available here")
-    root = check_runs_dir(default_runs_dir() if runs_dir is None else runs_dir)
+    root = check_room(check_runs_dir(default_runs_dir() if runs_dir is None else runs_dir), weights_bytes(cfg))
     with _registry_lock:
         running = next((j for j in _jobs if j.active), None)
         if running is not None:

@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .data import check_dataset, check_threshold
 from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from .sampling import DEFAULT_TARGET_ACCEPTANCE, ReplayBuffer, adapted_step_size, build_sampler, run_chains
 
@@ -80,8 +81,8 @@ class TrainConfig:
             raise ValueError(f"negatives_every must be an integer >= 0, got {self.negatives_every}")
         if not 0.0 <= self.reinit_prob <= 1.0:
             raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        check_dataset(self.dataset)
+        check_threshold(self.threshold)
         return self
 
 
@@ -256,9 +257,23 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
 def build_model(cfg: TrainConfig) -> LatentEBM:
     """A fresh, untrained model in the configured shape, seeded."""
     torch.manual_seed(cfg.seed)
+    return _assemble(cfg)
+
+
+def _assemble(cfg: TrainConfig) -> LatentEBM:
     ae = Autoencoder(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim))
     energy = EnergyNet(EnergyConfig(cfg.latent_dim, cfg.ebm_hidden_dim, cfg.ebm_layers, cfg.ebm_tilt_sigma))
     return LatentEBM(ae, energy, torch.zeros(cfg.latent_dim), torch.ones(cfg.latent_dim))
+
+
+def weights_bytes(cfg: TrainConfig) -> int:
+    """The bytes of tensors a config's weights file holds, to check for disk space before training.
+
+    The model is built on the meta device: no memory, and the global random state is untouched.
+    """
+    with torch.device("meta"):
+        model = _assemble(cfg)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
 def standardize_codes(model: LatentEBM, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:

@@ -144,7 +144,12 @@ def show_live(snap: jobs.JobSnapshot) -> None:
     st.progress(min(p2, 1.0), text=f"Stage 2 · energy net: {p2:.0%}")
 
     if snap.error:
-        st.error(snap.error)
+        st.error(widgets.server_message(snap.error))
+    if snap.unsaved_model is not None:
+        st.download_button("Download the trained model", snap.unsaved_model, file_name=f"{snap.id}.safetensors",
+                           mime="application/octet-stream", key=f"dl_unsaved_{snap.id}", on_click="ignore",
+                           icon=":material/download:", type="primary",
+                           help="It is only in this server's memory: download it before the server restarts")
     for message in snap.messages[-3:]:
         st.warning(message)
 
@@ -171,7 +176,7 @@ def show_live(snap: jobs.JobSnapshot) -> None:
             st.caption("(appear during stage 2)")
 
     if snap.run_path is not None:
-        st.success(f"Saved as run **{snap.run_path.parent.name}** ({snap.run_path}). "
+        st.success(f"Saved as run **{widgets.echo(snap.run_path.parent.name)}**. "
                    "Pick it in the sidebar's Model menu on the Sample and Explorer pages.")
         b1, b2 = st.columns([1, 3])
         with b1:
@@ -217,20 +222,23 @@ if cfg is not None:
         jobs.start_training(cfg, owner=me)
     except jobs.JobAlreadyRunning as e:
         st.warning(str(e).capitalize())
+    except runs.RunsDirError as e:
+        st.error(f"Cannot start: the runs folder {widgets.server_message(e.reason)}, so the trained model could not "
+                 "be saved; set the server's `EBM_RUNS_DIR` to a writable folder with free space.")
     except ValueError as e:
-        st.error(f"Cannot start: {e}")
+        st.error(f"Cannot start: {widgets.server_message(e)}")
     else:
         st.rerun()
 
 st.divider()
 saved = runs.list_runs()
-with st.expander(f"Saved runs ({len(saved)}) in {runs.default_runs_dir()}", expanded=False):
+with st.expander(f"Saved runs ({len(saved)})", expanded=False):
     if not saved:
         st.caption("None yet.")
     for r in saved[:20]:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
         cfg_r = r.extra.get("train_config", {})
-        c1.markdown(f"**{r.label}** · {widgets.DATASET_LABELS.get(r.dataset, r.dataset)} · "
+        c1.markdown(f"**{widgets.echo(r.label, 80)}** · {widgets.echo(widgets.DATASET_LABELS.get(r.dataset, r.dataset))} · "
                     f"{cfg_r.get('ae_epochs', '?')} epochs, {cfg_r.get('ebm_iterations', '?')} iterations · "
                     f"{r.size / 1e6:.1f} MB · {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.mtime))}")
         with c2:

@@ -1,7 +1,14 @@
-"""Shared fixtures: a tiny synthetic MNIST-shaped dataset on disk and a tiny trained model."""
+"""Shared fixtures: a tiny synthetic MNIST-shaped dataset on disk, a tiny trained model, and faults
+(a read-only folder, a full disk)."""
 
+import errno
 import gzip
+import os
+import shutil
+import subprocess
+from collections import namedtuple
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +76,46 @@ def isolated_server_state(tmp_path, monkeypatch):
         job.stop()
         job.join(60)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """An existing folder in which nobody can create files, root included: chmod binds other users,
+    and root (as in CI) gets the immutable flag (chattr +i) instead."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        lock, unlock = lambda: folder.chmod(0o555), lambda: folder.chmod(0o755)
+    elif shutil.which("chattr") is not None:
+        lock = lambda: subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+        unlock = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True, capture_output=True)
+    else:
+        pytest.skip("root ignores chmod, and chattr is not installed to make a folder read-only")
+    try:
+        lock()
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"cannot make a folder read-only for root here: {e.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        unlock()
+
+
+def disk_full_under(monkeypatch, folder, name: str = "") -> None:
+    """Make every fsync of a file under `folder` (whose name starts with `.{name}` when given: the
+    temp files of atomic writes) fail as on a full disk, OSError ENOSPC, in every thread."""
+    real_fsync, folder = os.fsync, Path(folder).resolve()
+
+    def fsync(fd: int) -> None:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.is_relative_to(folder) and path.name.startswith(f".{name}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def full_disk(monkeypatch, free: int = 1_000_000) -> None:
+    """shutil.disk_usage reports `free` bytes left (1 MB: less than any run needs)."""
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**12, 10**12 - free, free))

@@ -7,6 +7,7 @@ No MNIST needed: a tiny synthetic dataset in torchvision's raw layout stands in 
 import base64
 import gzip
 import json
+import re
 import time
 from pathlib import Path
 
@@ -16,10 +17,10 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from ebm import jobs, runs
-from ebm.checkpoint import SHIPPED_WEIGHTS
+from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_to_bytes, write_atomically
 from ebm.data import RAW_FILES, idx_bytes
 
-from conftest import isolated_server_state
+from conftest import disk_full_under, isolated_server_state
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
@@ -78,6 +79,43 @@ def as_array(value) -> np.ndarray:
     return np.asarray(value, dtype=float)
 
 
+def rendered_text(at: AppTest) -> str:
+    """Everything the app sent to the browser, main area and sidebar: the protobuf text of every
+    element and block (bodies, labels, captions, help texts, expander titles)."""
+    parts = []
+
+    def walk(node) -> None:
+        if getattr(node, "proto", None) is not None:
+            parts.append(str(node.proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(parts)
+
+
+def save_run_with(runs_dir: Path, name: str, extra: dict | None = None, tensors: dict | None = None) -> Path:
+    """A run folder holding the shipped model with other `extra` metadata or other tensors."""
+    from safetensors.torch import save as save_tensors
+
+    model, meta = load_model()
+    data = model_to_bytes(model, meta if extra is None else extra)
+    if tensors is not None:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+        data = save_tensors({**model.state_dict(), **tensors}, metadata=header["__metadata__"])
+    return write_atomically(runs_dir / name / runs.WEIGHTS_NAME, data)
+
+
+def plain(markdown: str) -> str:
+    """Markdown text with its backslash escapes resolved: what the reader sees."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def unescaped(text: str, chars: str) -> list[str]:
+    """The characters of `chars` in Markdown `text` that no backslash escapes."""
+    return re.findall(rf"(?<!\\)(?:\\\\)*([{re.escape(chars)}])", text)
+
+
 def plotly_spec(at: AppTest, key: str) -> dict:
     (chart,) = [c for c in at.get("plotly_chart") if c.key == key]
     return json.loads(chart.proto.spec)
@@ -126,9 +164,9 @@ def test_sample_settings_come_from_the_url_and_bad_values_are_handled():
     assert any(c.startswith("9 samples after step 40") for c in image_captions(at))
     assert not at.warning
     at = open_page("pages/sample.py", {"chains": "100000", "K": "abc", "eps": "nan", "sampler": "hmc", "seed": "-3"})
-    text = at.warning[0].value
-    assert "`chains=100000`" in text and "maximum" in text and "`K=abc`" in text and "`sampler=hmc`" in text
-    assert "`eps=nan`" in text and "`seed=-3`" in text
+    text = plain(at.warning[0].value)
+    assert "chains=100000 in the URL is above the maximum" in text and "K=abc" in text and "sampler=hmc" in text
+    assert "eps=nan" in text and "seed=-3" in text
     assert at.slider(key="s_chains").value == 1024 and at.slider(key="s_steps").value == 500
     assert at.number_input(key="s_seed").value == 0
     at.slider(key="s_chains").set_value(8).run()  # once the user changes a setting, the note goes
@@ -158,7 +196,7 @@ def test_a_bad_upload_keeps_the_previous_model():
     at = open_page("pages/sample.py")
     at.file_uploader(key="model_upload").upload("broken.safetensors", b"definitely not weights").run()
     assert not at.exception
-    assert any("cannot be used" in e.value and "broken.safetensors" in e.value for e in at.sidebar.error)
+    assert any("cannot be used" in e.value and "broken.safetensors" in plain(e.value) for e in at.sidebar.error)
     assert at.selectbox(key="model_choice").value == "shipped"
     assert any(c.startswith("64 samples") for c in image_captions(at))
 
@@ -174,8 +212,53 @@ def test_a_good_upload_is_selected():
 
 def test_unknown_model_in_the_url_falls_back_to_shipped():
     at = open_page("pages/sample.py", {"model": "no-such-run"})
-    assert any("no-such-run" in w.value for w in at.sidebar.warning)
+    assert [plain(w.value) for w in at.sidebar.warning] == ["The model no-such-run from the link was not found; using the shipped model"]
     assert at.selectbox(key="model_choice").value == "shipped"
+
+
+EVIL = ("x` **Session expired.** [Log in again](https://evil.example/login) ![t](https://evil.example/p.png) `"
+        + "A" * 100_000)
+
+
+def test_url_values_are_shown_cut_and_escaped():
+    at = open_page("pages/sample.py", {"model": EVIL, "sampler": EVIL, "chains": "9" * 100_000,
+                                       "start": "http://x.example www.x.example me@x.example"})
+    (model_warning,) = at.sidebar.warning
+    (settings_warning,) = at.main.warning
+    for body in (model_warning.value, settings_warning.value):
+        assert len(body) < 400 and "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" not in body
+        assert "](" not in body and "**" not in body and "x`" not in body
+        assert unescaped(body, "[]()!`*_<") == [], body
+        # Streamlit links addresses even in escaped text: a word joiner must break each one
+        assert not re.search(r"(?i)(https?|www)\\?[:.]|[\w.+-]\\?@", body), body
+    assert "start=http\u2060\\:\\/\\/x\\.example www\u2060\\.x\\.example me\u2060\\@x\\.exa…" in settings_warning.value
+    assert model_warning.value.startswith("The model x\\` \\*\\*Session expired\\.\\*\\* \\[Log in")
+    assert "…" in model_warning.value and "not found; using the shipped model" in model_warning.value
+    assert "sampler=x\\` \\*\\*Session" in settings_warning.value and "chains=999" in settings_warning.value
+
+
+def test_a_run_with_a_nan_tensor_is_refused_by_name(environment):
+    save_run_with(environment / "runs", "nan-run", tensors={"energy.out.bias": torch.full((1,), float("nan"))})
+    at = open_page("pages/sample.py", {"model": "nan-run"})
+    assert [plain(e.value) for e in at.sidebar.error] == [
+        "Could not load Run nan-run: nan-run: tensor 'energy.out.bias' contains NaN or infinity. Using the shipped model."]
+    assert any(c.startswith("64 samples") for c in image_captions(at))  # from the shipped model
+    assert str(environment) not in rendered_text(at)
+
+
+@pytest.mark.parametrize("extra,problem", [
+    ({"dataset": "../../etc/passwd", "threshold": 0.5}, "unknown dataset '../../etc/passwd'; choose one of mnist, fashion-mnist"),
+    ({"dataset": "mnist", "threshold": 7}, "threshold must be in (0, 1), got 7"),
+])
+@pytest.mark.parametrize("page,query", [("pages/explorer.py", {}), ("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})],
+                         ids=["explorer", "sample-from-data"])
+def test_a_run_with_bad_metadata_shows_a_message_not_an_exception(environment, tiny_mnist, extra, problem, page, query):
+    save_run_with(environment / "runs", "bad-run", extra)
+    at = open_page(page, {"model": "bad-run", **query})  # open_page fails on any exception
+    assert [plain(e.value) for e in at.sidebar.error] == [
+        f"Could not load Run bad-run: bad-run: metadata field 'extra' is invalid: {problem}. Using the shipped model."]
+    assert at.image and "model" not in at.query_params  # the shipped model's page
+    assert str(environment) not in rendered_text(at)
 
 
 # ---- explorer --------------------------------------------------------------------------------
@@ -240,8 +323,8 @@ def test_explorer_follows_a_model_with_another_latent_dimension():
 
 def test_explorer_bad_url_values():
     at = open_page("pages/explorer.py", {"pair": "0-0", "z2": "99", "view": "??"})
-    text = at.warning[0].value
-    assert "`pair=0-0`" in text and "`z2=99`" in text and "`view=??`" in text
+    text = plain(at.warning[0].value)
+    assert "pair=0-0" in text and "z2=99" in text and "view=??" in text
     assert at.slider(key="x_fix2").value == 3.0
 
 
@@ -277,7 +360,7 @@ def test_train_end_to_end(environment):
     assert not at.exception
     snap = job.snapshot()
     assert snap.state == "finished", snap.error
-    assert any("Saved as run" in s.value and snap.run_path.parent.name in s.value for s in at.success)
+    assert any("Saved as run" in s.value and snap.run_path.parent.name in plain(s.value) for s in at.success)
     assert {"chart_ae", "chart_cd", "chart_energy", "chart_acc"} <= {c.key for c in at.get("plotly_chart")}
     assert [p.value for p in at.get("progress")] == [100, 100]
     assert any(c.startswith("iteration 30") for c in image_captions(at))  # decoded negatives
@@ -334,3 +417,42 @@ def test_train_reports_dataset_errors(monkeypatch):
     wait_until(lambda: jobs.latest_job().snapshot().done)
     at.run()
     assert any("Dataset problem" in e.value and "mnist is missing" in e.value for e in at.error)
+
+
+def test_train_refuses_to_start_on_a_read_only_runs_dir(read_only_dir, monkeypatch):
+    monkeypatch.setenv("EBM_RUNS_DIR", str(read_only_dir / "runs"))
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    assert jobs.latest_job() is None  # refused before any work
+    (error,) = at.error
+    assert re.fullmatch(r"Cannot start: the runs folder is not writable \(.+\), so the trained model could not be saved; "
+                        r"set the server's `EBM_RUNS_DIR` to a writable folder with free space\.", plain(error.value))
+    assert str(read_only_dir) not in rendered_text(at)
+
+
+def test_train_on_a_full_disk_fails_and_offers_the_model_for_download(environment, monkeypatch):
+    disk_full_under(monkeypatch, environment / "runs")
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    job = jobs.latest_job()
+    wait_until(lambda: job.snapshot().done)
+    at.run()
+    assert not at.exception and job.snapshot().state == "failed"
+    assert [plain(e.value) for e in at.error] == ["Could not save the run: the runs folder could not be written (No space "
+                                                  "left on device), so the trained model is kept in memory only."]
+    assert [b.proto.label for b in at.get("download_button")] == ["Download the trained model"]
+    assert runs.list_runs() == [] and not at.success and "Saved runs (0)" in rendered_text(at)
+    assert str(environment) not in rendered_text(at)
+
+
+def test_the_train_page_names_runs_never_server_paths(environment):
+    at = open_page("pages/train.py")
+    fill_and_start(at)
+    job = jobs.latest_job()
+    wait_until(lambda: job.snapshot().done)
+    at.run()
+    name = job.snapshot().run_path.parent.name
+    assert [plain(s.value) for s in at.success] == [f"Saved as run **{name}**. Pick it in the "
+                                                    "sidebar's Model menu on the Sample and Explorer pages."]
+    text = rendered_text(at)
+    assert "Saved runs (1)" in text and str(environment) not in text

@@ -6,6 +6,10 @@ person would: headings, no exception boxes, images that change when a slider mov
 that downloads and decodes, a chart that follows the slice selector, a training run that
 grows its charts and stops. Screenshots land in artifacts/screenshots/ (gitignored).
 
+Every locator is scoped to the page's own elements, the main block or the sidebar (`main`,
+`sidebar`), never Streamlit's header and toolbar, which have buttons of their own (a "Stop"
+while a script runs); and every wait is a wait on state, never a sleep.
+
 Skipped, with the reason, when Playwright or Chromium is missing (CI installs both: .ci/run).
 Chromium is Debian's (/usr/bin/chromium, or $EBM_CHROMIUM): Playwright cannot download its own here.
 """
@@ -36,6 +40,10 @@ CHROMIUM_ARGS = [
 ]
 SERVER_START_TIMEOUT = 120  # seconds; importing torch on a busy 2-core machine is slow
 RUN_TIMEOUT = 120_000  # ms for one script run of a page (the first sampling run is not cached)
+
+MAIN = '[data-testid="stMain"]'
+SIDEBAR = '[data-testid="stSidebar"]'
+EXCEPTION = f'{MAIN} [data-testid="stException"], {SIDEBAR} [data-testid="stException"]'
 
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $EBM_CHROMIUM)",
@@ -101,8 +109,6 @@ def server(tmp_path_factory):
     deadline = time.monotonic() + SERVER_START_TIMEOUT
     try:
         while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                     if r.status == 200 and r.read().strip() == b"ok":
@@ -112,7 +118,11 @@ def server(tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_TIMEOUT} s:\n"
                             f"{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+            try:  # wait on the process: it is done starting when healthy, and failed if it exits
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
         yield {"url": url, "runs": runs, "data": data, "log": log_path}
     finally:
         if proc.poll() is None:
@@ -149,6 +159,15 @@ def page(browser, server):
     context.close()
 
 
+def main(page):
+    """The page's main block: where the app's own content is (not Streamlit's header and toolbar)."""
+    return page.locator(MAIN)
+
+
+def sidebar(page):
+    return page.locator(SIDEBAR)
+
+
 def shot(page, name: str, element=None) -> Path:
     path = SHOTS / f"{name}.png"
     (element or page).screenshot(path=str(path), **({} if element else {"full_page": True}))
@@ -169,21 +188,21 @@ def settle(page, timeout: int = RUN_TIMEOUT) -> None:
 def wait_until(page, condition: str, arg=None, timeout: int = RUN_TIMEOUT) -> None:
     """Wait for a JS condition `(arg) => bool`, but stop early, and fail, if Streamlit shows an exception."""
     page.wait_for_function(
-        f"(arg) => !!document.querySelector('[data-testid=\"stException\"]') || !!(({condition})(arg))",
+        f"(arg) => !!document.querySelector({EXCEPTION!r}) || !!(({condition})(arg))",
         arg=arg, timeout=timeout)
     assert_no_exception(page, page.url)
 
 
 def open_page(page, server, path: str, heading: str) -> None:
     page.goto(f"{server['url']}/{path}")
-    wait_until(page, "() => document.querySelector('h1')")
+    wait_until(page, f"() => document.querySelector('{MAIN} h1')")
     settle(page)
     assert_no_exception(page, path or "home")
-    page.get_by_role("heading", name=heading, level=1).wait_for(timeout=10_000)
+    main(page).get_by_role("heading", name=heading, level=1).wait_for(timeout=10_000)
 
 
 def assert_no_exception(page, what: str) -> None:
-    boxes = page.locator('[data-testid="stException"]')
+    boxes = page.locator(EXCEPTION)
     assert boxes.count() == 0, f"{what}: Streamlit shows an exception: {boxes.first.inner_text()[:2000]}"
     assert not page.errors, f"{what}: JavaScript errors: {page.errors}"
 
@@ -221,18 +240,18 @@ def test_page_opens_without_errors(page, server, path, heading, name):
     shot(page, f"page_{name}")
     assert_no_exception(page, name)
     assert page.title(), "the page has a title"
-    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav = sidebar(page).locator('[data-testid="stSidebarNav"]')
     for label in ("Home", "Sample", "Latent explorer", "Train"):
         assert nav.get_by_text(label, exact=True).count() == 1, f"navigation lacks {label}"
     if name in ("home", "sample"):
-        assert page.locator('[data-testid="stImage"] img').count() >= 1, "no sample picture"
+        assert main(page).locator('[data-testid="stImage"] img').count() >= 1, "no sample picture"
     print(f"\n{name}: opened and settled in {seconds:.1f} s")
 
 
 def test_navigation_between_pages(page, server):
     open_page(page, server, "", "Digits from an energy landscape")
-    page.locator('[data-testid="stSidebarNav"]').get_by_text("Sample", exact=True).click()
-    page.get_by_role("heading", name="Sample digits", level=1).wait_for()
+    sidebar(page).locator('[data-testid="stSidebarNav"]').get_by_text("Sample", exact=True).click()
+    main(page).get_by_role("heading", name="Sample digits", level=1).wait_for()
     settle(page)
     assert page.url.startswith(f"{server['url']}/sample")
     assert_no_exception(page, "sample via navigation")
@@ -242,28 +261,28 @@ def test_navigation_between_pages(page, server):
 
 def _grid_image(page):
     """The final grid: the image whose caption says '… samples after step …'."""
-    return page.locator('[data-testid="stImage"]').filter(has_text="samples after step").locator("img")
+    return main(page).locator('[data-testid="stImage"]').filter(has_text="samples after step").locator("img")
 
 
 def test_sample_slider_changes_the_grid(page, server):
     open_page(page, server, "sample", "Sample digits")
     grid = _grid_image(page)
     before_src, before = grid.get_attribute("src"), img_bytes(page, grid)
-    caption_before = page.get_by_text("samples after step").first.inner_text()
+    caption_before = main(page).get_by_text("samples after step").first.inner_text()
     shot(page, "sample_before")
 
-    chains = page.get_by_role("slider", name="Chains")
+    chains = main(page).get_by_role("slider", name="Chains")
     start_value = int(chains.get_attribute("value"))
     chains.focus()
     for _ in range(4):
         chains.press("ArrowLeft")  # 64 -> 60 chains
-    wait_until(page, "(old) => { const i = [...document.querySelectorAll('[data-testid=\"stImage\"]')]"
+    wait_until(page, f"(old) => {{ const i = [...document.querySelectorAll('{MAIN} [data-testid=\"stImage\"]')]"
                      ".find(e => e.innerText.includes('samples after step')); "
                      "return i && i.querySelector('img') && i.querySelector('img').src !== old; }", arg=before_src)
     settle(page)
     assert int(chains.get_attribute("value")) == start_value - 4
     after = img_bytes(page, _grid_image(page))
-    caption_after = page.get_by_text("samples after step").first.inner_text()
+    caption_after = main(page).get_by_text("samples after step").first.inner_text()
     shot(page, "sample_after_slider")
     assert after != before, "the grid did not change when the number of chains changed"
     assert f"{start_value - 4} samples" in caption_after and caption_after != caption_before
@@ -285,7 +304,7 @@ def test_sample_gif_downloads_and_decodes(page, server):
 
     open_page(page, server, "sample?chains=9&K=60&every=5", "Sample digits")
     with page.expect_download() as info:
-        page.locator('[data-testid="stDownloadButton"]').filter(has_text="GIF").locator("button").click()
+        main(page).locator('[data-testid="stDownloadButton"]').filter(has_text="GIF").locator("button").click()
     download = info.value
     assert download.suggested_filename == "chains.gif"
     path = SHOTS / "downloaded_chains.gif"
@@ -304,10 +323,28 @@ def test_sample_too_large_request_is_refused_with_a_message(page, server):
 
     open_page(page, server, "sample?chains=1024&K=5000", "Sample digits")
     assert 1024 * 5000 > MAX_CHAIN_STEPS
-    warning = page.locator('[data-testid="stAlert"]').filter(has_text="too large")
+    warning = main(page).locator('[data-testid="stAlert"]').filter(has_text="too large")
     assert warning.count() == 1, "a request above the cap must be refused with a message"
     shot(page, "sample_too_large")
     assert_no_exception(page, "sample too large")
+
+
+def test_url_values_show_as_text_not_markdown(page, server):
+    """A link whose values are Markdown (a link, an image, bold, code, a coloured span) shows them as written."""
+    import urllib.parse
+
+    values = {"model": "![i](http://x.example/i.png) **b**", "sampler": "[a](http://x.example) `c` :red[d]",
+              "start": "www.x.example me@x.example $x$"}
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    open_page(page, server, "sample?" + urllib.parse.urlencode(values), "Sample digits")
+    alerts = page.locator(f'{MAIN} [data-testid="stAlert"], {SIDEBAR} [data-testid="stAlert"]')
+    text = " ".join(alerts.all_inner_texts()).replace("\u2060", "")  # the invisible joiners that stop autolinks
+    for value in values.values():
+        assert value in text, f"{value!r} is not shown as written in {text!r}"
+    assert alerts.locator("a, img, strong, code, span[style*='color']").count() == 0, alerts.first.inner_html()
+    assert not [u for u in requests if urllib.parse.urlparse(u).hostname == "x.example"], "the page fetched a value's URL"
+    assert "\\" not in text, "escapes must not show"
 
 
 # ---- Latent explorer ---------------------------------------------------------------------------
@@ -323,32 +360,34 @@ def _slice_figure(page) -> dict | None:
     return page.evaluate(
         """() => {
             const title = TITLE_JS;
-            const div = [...document.querySelectorAll('.js-plotly-plot')].find(d => title(d).startsWith('Slice'));
+            const div = [...document.querySelectorAll('MAIN .js-plotly-plot')].find(d => title(d).startsWith('Slice'));
             if (!div) return null;
             const heat = div.data.find(t => t.type === 'heatmap');
             // z may be nested arrays, typed arrays or Plotly's base64 encoding: compare its JSON text
             return {title: title(div), x: div.layout.xaxis.title.text, y: div.layout.yaxis.title.text,
                     z: JSON.stringify(heat.z)};
-        }""".replace("TITLE_JS", TITLE_JS))
+        }""".replace("TITLE_JS", TITLE_JS).replace("MAIN", MAIN))
 
 
 def test_explorer_slice_selector_changes_the_figure(page, server):
     open_page(page, server, "explorer", "Latent explorer")
-    wait_until(page, "() => [...document.querySelectorAll('.js-plotly-plot')].some(d => d.data)")
+    wait_until(page, f"() => [...document.querySelectorAll('{MAIN} .js-plotly-plot')].some(d => d.data)")
     before = _slice_figure(page)
     assert before is not None, "no slice chart"
     assert before["title"] == "Slice z0 × z1" and (before["x"], before["y"]) == ("z0", "z1")
-    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    chart = main(page).locator('[data-testid="stPlotlyChart"]').first
     shot(page, "explorer_before", chart)
 
-    select = page.locator('[data-testid="stSelectbox"]').filter(has_text="Slice through dims")
-    select.click()
-    page.get_by_role("option", name="z2 × z3").click()
-    wait_until(page, "() => [...document.querySelectorAll('.js-plotly-plot')]"
+    # pick by keyboard, in the select itself: its option list is a popup outside the main block
+    select = main(page).locator('[data-testid="stSelectbox"]').filter(has_text="Slice through dims")
+    select.locator("input").click()
+    select.locator("input").fill("z2 × z3")
+    select.locator("input").press("Enter")
+    wait_until(page, f"() => [...document.querySelectorAll('{MAIN} .js-plotly-plot')]"
                      f".some(d => ({TITLE_JS})(d) === 'Slice z2 × z3')")
     settle(page)
     after = _slice_figure(page)
-    shot(page, "explorer_after_slice", page.locator('[data-testid="stPlotlyChart"]').first)
+    shot(page, "explorer_after_slice", main(page).locator('[data-testid="stPlotlyChart"]').first)
     shot(page, "explorer_page")
     assert (after["x"], after["y"]) == ("z2", "z3")
     assert after["z"] != before["z"], "the energy slice did not change with the dims"
@@ -371,7 +410,7 @@ TINY_TRAINING = {  # (stage column header, label) -> value: a run that is quick 
 
 
 def _progress(page, stage: str) -> float:
-    bar = page.locator('[data-testid="stProgress"]').filter(has_text=stage)
+    bar = main(page).locator('[data-testid="stProgress"]').filter(has_text=stage)
     if bar.count() == 0:
         return 0.0
     value = bar.get_by_role("progressbar").get_attribute("aria-valuenow")
@@ -380,12 +419,12 @@ def _progress(page, stage: str) -> float:
 
 POINTS_JS = """(prefix) => {
     const title = TITLE_JS;
-    const div = [...document.querySelectorAll('.js-plotly-plot')].find(d => title(d).startsWith(prefix));
+    const div = [...document.querySelectorAll('MAIN .js-plotly-plot')].find(d => title(d).startsWith(prefix));
     if (!div || !div.data) return -1;
     const n = (x) => !x ? 0 : (Array.isArray(x) || ArrayBuffer.isView(x)) ? x.length
                      : x.shape ? Number(String(x.shape).split(',')[0]) : 0;
     return div.data.reduce((total, trace) => total + n(trace.x), 0);
-}""".replace("TITLE_JS", TITLE_JS)
+}""".replace("TITLE_JS", TITLE_JS).replace("MAIN", MAIN)
 
 
 def chart_points(page, title: str) -> int:
@@ -399,7 +438,7 @@ def wait_for_more_points(page, title: str, than: int, timeout: int = 180_000) ->
 
 
 def _fill(page, header: str, label: str, value) -> None:
-    column = page.locator('[data-testid="stColumn"]').filter(
+    column = main(page).locator('[data-testid="stColumn"]').filter(
         has=page.locator('[data-testid="stMarkdownContainer"]').get_by_text(header)).last
     box = column.get_by_label(label, exact=True)
     box.fill(str(value))
@@ -411,9 +450,9 @@ def test_train_start_watch_and_stop(page, server):
     shot(page, "train_form")
     for (header, label), value in TINY_TRAINING.items():
         _fill(page, header, label, value)
-    page.get_by_role("button", name="Start training").click()
+    main(page).get_by_role("button", name="Start training").click()
 
-    stop = page.get_by_role("button", name="Stop")
+    stop = main(page).get_by_role("button", name="Stop")
     stop.wait_for(timeout=60_000)
     # The live panel refreshes every second. Stage 1 is short; stage 2 (100,000 iterations) runs until
     # stopped: its contrastive-loss curve must grow while we watch, and its progress bar move.
@@ -425,7 +464,7 @@ def test_train_start_watch_and_stop(page, server):
     m2 = wait_for_more_points(page, cd_title, m1)
     m3 = wait_for_more_points(page, cd_title, m2)
     wait_until(
-        page, "(p) => Number([...document.querySelectorAll('[data-testid=stProgress]')]"
+        page, f"(p) => Number([...document.querySelectorAll('{MAIN} [data-testid=stProgress]')]"
         ".find(e => e.innerText.includes('Stage 2'))?.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > p",
         arg=energy_1, timeout=180_000)
     shot(page, "train_stage2")
@@ -434,8 +473,8 @@ def test_train_start_watch_and_stop(page, server):
     assert_no_exception(page, "train while running")
 
     stop.click()
-    page.get_by_text("stopped (what was trained is saved)").wait_for(timeout=120_000)
-    page.get_by_text("Saved as run").wait_for(timeout=60_000)
+    main(page).get_by_text("stopped (what was trained is saved)").wait_for(timeout=120_000)
+    main(page).get_by_text("Saved as run").wait_for(timeout=60_000)
     settle(page)
     shot(page, "train_stopped")
     saved = list(server["runs"].glob("*/model.safetensors"))
@@ -445,5 +484,5 @@ def test_train_start_watch_and_stop(page, server):
     _, meta = load_model(saved[0])
     assert meta["stopped_early"] is True and meta["train_config"]["ebm_iterations"] == 100_000
     assert 0 < meta["stages_done"]["energy"] < 1
-    assert page.get_by_role("button", name="Start training").is_enabled(), "Start is enabled again after the stop"
+    assert main(page).get_by_role("button", name="Start training").is_enabled(), "Start is enabled again after the stop"
     assert_no_exception(page, "train after stop")

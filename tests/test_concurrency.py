@@ -8,7 +8,9 @@
 - A second training while one runs is refused clearly (`ebm.jobs`), even when 8 requests race.
 - Sessions are isolated: what one session uploads or sets changes nothing in another (AppTest).
 - A real server (`streamlit run app.py`) with 8 browser sessions sampling at once (Playwright,
-  Debian's Chromium; skipped without them): no errors, each session sees its own digits.
+  Debian's Chromium; skipped without them): no errors, each session sees its own digits. Its
+  locators are scoped to the page's main block, never Streamlit's header and toolbar, and its
+  waits wait on state.
 
 No test here bounds a latency: `python -m benchmarks.serving` measures those. The browser test's
 figures are printed (`pytest -s`) and written to artifacts/concurrency_browser.json.
@@ -274,12 +276,14 @@ CHROMIUM = os.environ.get("EBM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+MAIN = '[data-testid="stMain"]'
 GRID_SRC_JS = """() => {
-    const el = [...document.querySelectorAll('[data-testid="stImage"]')].find(e => e.innerText.includes('samples after step'));
+    const el = [...document.querySelectorAll('MAIN [data-testid="stImage"]')]
+        .find(e => e.innerText.includes('samples after step'));
     const img = el && el.querySelector('img');
     const app = document.querySelector('[data-testid="stApp"]');
     return img && app.getAttribute('data-test-script-state') === 'notRunning' ? img.src : null;
-}"""
+}""".replace("MAIN", MAIN)
 
 
 def _free_port() -> int:
@@ -308,7 +312,6 @@ def live_server(tmp_path_factory):
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (tmp / "streamlit.log").read_text()[-3000:]
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                     if r.read().strip() == b"ok":
@@ -316,7 +319,11 @@ def live_server(tmp_path_factory):
             except OSError:
                 pass
             assert time.monotonic() < deadline, "streamlit did not become healthy in 120 s"
-            time.sleep(0.5)
+            try:  # wait on the process: it is done starting when healthy, and failed if it exits
+                proc.wait(0.5)
+            except subprocess.TimeoutExpired:
+                continue
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
         yield url
     finally:
         if proc.poll() is None:
@@ -346,7 +353,7 @@ async def _browser_session(browser, url: str, index: int, latencies: list, error
         latencies.append(("load", time.perf_counter() - t0))
         src = await page.evaluate(GRID_SRC_JS)
         grids[(seed_base, index, 0)] = src
-        box = page.get_by_label("Seed", exact=True)
+        box = page.locator(MAIN).get_by_label("Seed", exact=True)
         for r in range(1, REQUESTS_PER_SESSION):
             t0 = time.perf_counter()
             await box.fill(str(seed + 100 * r))
@@ -355,7 +362,7 @@ async def _browser_session(browser, url: str, index: int, latencies: list, error
             latencies.append(("change", time.perf_counter() - t0))
             src = await page.evaluate(GRID_SRC_JS)
             grids[(seed_base, index, r)] = src
-        n = await page.locator('[data-testid="stException"]').count()
+        n = await page.locator(f'{MAIN} [data-testid="stException"], [data-testid="stSidebar"] [data-testid="stException"]').count()
         if n:
             errors.append(f"session {index}: {n} exception box(es)")
         if index == 0:
@@ -372,11 +379,11 @@ async def _too_large_session(browser, url: str, out: dict) -> None:
     page = await context.new_page()
     t0 = time.perf_counter()
     await page.goto(f"{url}/sample?chains=1024&K=5000")
-    warning = page.locator('[data-testid="stAlert"]').filter(has_text="too large")
+    warning = page.locator(MAIN).locator('[data-testid="stAlert"]').filter(has_text="too large")
     await warning.wait_for(timeout=180_000)
     out["refused_after_s"] = round(time.perf_counter() - t0, 2)
     out["message"] = (await warning.inner_text())[:300]
-    out["images"] = await page.locator('[data-testid="stImage"]').count()
+    out["images"] = await page.locator(MAIN).locator('[data-testid="stImage"]').count()
     await context.close()
 
 

@@ -2,6 +2,8 @@
 
 import itertools
 import json
+import re
+import tempfile
 
 import imageio.v3 as iio
 import numpy as np
@@ -9,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
-from ebm import checkpoint
+from ebm import checkpoint, cli
 from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.cli import main
 from ebm.generate import SampleSettings, decode_binary, sample_chains
-from ebm.training import TrainConfig, build_model, train, train_energy
+from ebm.training import DivergenceError, Progress, TrainConfig, build_model, train, train_energy
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, disk_full_under, full_disk
 
 
 def test_weights_round_trip_keeps_every_tensor_and_metadata(tiny_model, tmp_path):
@@ -65,6 +67,21 @@ def test_foreign_safetensors_and_nan_tensors_are_refused(tiny_model):
     tensors["energy.hidden.0.bias"][0] = float("nan")
     with pytest.raises(WeightsError, match="NaN"):
         model_from_bytes(save_tensors(tensors, metadata=header["__metadata__"]))
+
+
+@pytest.mark.parametrize("extra,match", [
+    ({"dataset": "../../etc/passwd"}, r"unknown dataset '\.\./\.\./etc/passwd'; choose one of mnist, fashion-mnist"),
+    ({"threshold": 7}, r"threshold must be in \(0, 1\), got 7"),
+    ({"dataset": "mnist", "threshold": "0.5"}, r"threshold must be in \(0, 1\), got '0\.5'"),
+])
+def test_bad_run_metadata_is_refused_on_load(tiny_model, tmp_path, extra, match):
+    data = model_to_bytes(tiny_model[0], extra)
+    with pytest.raises(WeightsError, match=f"^run-x: metadata field 'extra' is invalid: {match}$"):
+        model_from_bytes(data, name="run-x")
+    (tmp_path / "bad.safetensors").write_bytes(data)
+    with pytest.raises(SystemExit) as exc:  # the CLI says so in one line, with the file
+        main(["sample", "--weights", str(tmp_path / "bad.safetensors"), "--start", "data", "--steps", "2"])
+    assert str(exc.value.code).startswith(f"error: {tmp_path / 'bad.safetensors'}: metadata field 'extra' is invalid")
 
 
 def test_training_yields_both_stages_and_learns():
@@ -234,3 +251,93 @@ def test_original_infer_writes_files_instead_of_a_plot_window(tmp_path, monkeypa
     infer.main()
     assert iio.imread(tmp_path / "samples" / "grid.png").ndim == 2
     assert len(iio.imread(tmp_path / "samples" / "chains.gif", index=None)) > 1
+
+
+# ---- the CLI's train on a read-only or full disk ------------------------------------------------
+def tiny_train_argv(runs_dir, data_dir="/nonexistent") -> list[str]:
+    argv = ["train", "--data-dir", str(data_dir), "--runs-dir", str(runs_dir)]
+    for key, value in TINY_CONFIG.items():
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
+def test_cli_train_refuses_a_read_only_runs_dir_before_any_work(read_only_dir, monkeypatch):
+    monkeypatch.setattr(cli, "load_binarized", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_train_argv(read_only_dir / "runs"))
+    message = str(exc.value.code)
+    assert message.startswith(f"error: the runs folder {read_only_dir / 'runs'} is not writable (")
+    assert message.endswith("; pick another place with --runs-dir") and "\n" not in message
+
+
+def test_cli_train_refuses_a_full_disk_before_any_work(tmp_path, monkeypatch):
+    full_disk(monkeypatch)
+    monkeypatch.setattr(cli, "load_binarized", lambda *a, **k: pytest.fail("the data was loaded"))
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_train_argv(tmp_path / "runs"))
+    assert re.fullmatch(rf"error: the runs folder {re.escape(str(tmp_path / 'runs'))} has 1\.0 MB free on its disk "
+                        r"and a run needs about \d+\.\d MB; pick another place with --runs-dir", str(exc.value.code))
+    with pytest.raises(SystemExit) as exc:  # --out: its folder, and the flag to change
+        main(tiny_train_argv(tmp_path / "runs") + ["--out", str(tmp_path / "w" / "m.safetensors")])
+    assert str(exc.value.code).endswith("MB; pick another place with --out")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def quick_training(monkeypatch):
+    """The CLI's train without data or work: a few random images and a training that yields one event,
+    then does what `ending` says (nothing, or raise). Records the runs dir's contents at that event."""
+    images = (torch.rand(64, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    monkeypatch.setattr(cli, "load_binarized", lambda *a, **k: (images, torch.zeros(64)))
+    state = {"ending": None, "seen": None, "runs_dir": None}
+
+    def fake_train(model, train_x, test_x, cfg):
+        state["seen"] = sorted(state["runs_dir"].glob("*")) if state["runs_dir"].exists() else []
+        yield Progress("autoencoder", 1, 2, 0, 0.0)
+        if state["ending"] is not None:
+            raise state["ending"]
+
+    monkeypatch.setattr(cli, "train", fake_train)
+    return state
+
+
+def test_cli_train_makes_the_run_folder_at_save_time(tmp_path, quick_training):
+    quick_training["runs_dir"] = tmp_path / "runs"
+    quick_training["ending"] = DivergenceError("energy training diverged 6 times; last loss nan")
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_train_argv(tmp_path / "runs"))
+    assert str(exc.value.code) == ("error: training diverged: energy training diverged 6 times; last loss nan; "
+                                   "try a smaller learning rate or step size")
+    assert quick_training["seen"] == [] and not (tmp_path / "runs").exists()  # no empty run folder, before or after
+    quick_training["ending"] = KeyboardInterrupt()  # Ctrl-C: what was trained is saved, in a folder made then
+    main(tiny_train_argv(tmp_path / "runs"))
+    (path,) = (tmp_path / "runs").glob("*/model.safetensors")
+    assert quick_training["seen"] == [] and list((tmp_path / "runs").iterdir()) == [path.parent]
+
+
+def test_cli_train_saves_to_a_temp_folder_when_the_runs_disk_is_full(tmp_path, quick_training, monkeypatch, capsys):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    quick_training["runs_dir"] = tmp_path / "runs"
+    disk_full_under(monkeypatch, tmp_path / "runs")
+    main(tiny_train_argv(tmp_path / "runs"))  # no exit status: the model was written somewhere
+    err = capsys.readouterr().err.strip().splitlines()
+    (fallback,) = (tmp_path / "tmp").glob("mnist-ebm-*/model.safetensors")
+    assert err[-1] == (f"warning: the runs folder {tmp_path / 'runs'} could not be written (No space left on device), "
+                       f"so the trained model was saved to {fallback} instead; pick another place with --runs-dir next time")
+    assert load_model(fallback)[1]["train_config"]["ae_hidden_dim"] == TINY_CONFIG["ae_hidden_dim"]
+    assert list((tmp_path / "runs").iterdir()) == []  # no half-written run
+
+
+def test_cli_train_exits_non_zero_only_when_nothing_could_be_written(tmp_path, quick_training, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    quick_training["runs_dir"] = tmp_path / "runs"
+    disk_full_under(monkeypatch, tmp_path)  # the runs folder and the temp folder
+    with pytest.raises(SystemExit) as exc:
+        main(tiny_train_argv(tmp_path / "runs"))
+    message = str(exc.value.code)
+    assert message.startswith(f"error: the runs folder {tmp_path / 'runs'} could not be written (No space left on device), "
+                              "and the temp folder could not be written either (No space left on device)")
+    assert "the trained model is lost" in message and message.endswith("pick another place with --runs-dir")
+    assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "runs").iterdir()) == []

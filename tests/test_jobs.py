@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from ebm import jobs, runs
-from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, save_model
+from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.data import DatasetError
 from ebm.training import DivergenceError, TrainConfig, build_model
+
+from conftest import disk_full_under, full_disk
 
 TINY = dict(ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2, ebm_iterations=30,
             ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10)
@@ -249,3 +251,60 @@ def test_history_round_trip(tmp_path):
     runs.write_history(run_dir, {"events": [{"step": 1}]})
     assert json.loads((run_dir / runs.HISTORY_NAME).read_text()) == {"events": [{"step": 1}]}
     assert runs.read_history(run_dir) == {"events": [{"step": 1}]}
+
+
+# ---- faults: a read-only or full runs directory, a killed save ---------------------------------------
+def test_training_is_refused_at_once_on_a_read_only_runs_dir(read_only_dir):
+    before = jobs.latest_job()
+    for root in (read_only_dir, read_only_dir / "runs"):  # the folder itself, or one to be made in it
+        with pytest.raises(runs.RunsDirError, match="is not writable") as info:
+            jobs.start_training(tiny(), root, data_loader=jobs.synthetic_data_loader())
+        assert str(read_only_dir) not in info.value.reason  # the reason is for the browser
+    assert jobs.latest_job() is before  # no job was started
+
+
+def test_training_is_refused_at_once_when_the_disk_is_full(tmp_path, monkeypatch):
+    full_disk(monkeypatch)
+    before = jobs.latest_job()
+    with pytest.raises(runs.RunsDirError, match=r"has 1\.0 MB free on its disk and a run needs about \d+\.\d MB"):
+        jobs.start_training(tiny(), tmp_path / "runs", data_loader=jobs.synthetic_data_loader())
+    assert jobs.latest_job() is before and not (tmp_path / "runs").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(runs.RunsDirError, match=r"is not a folder \(file is a file\)"):
+        runs.check_room(tmp_path / "file" / "runs", 1000)
+
+
+@pytest.mark.parametrize("failing", ["model.safetensors", "history.json"])
+def test_a_failed_save_fails_the_job_keeps_the_model_and_lists_no_run(tmp_path, monkeypatch, failing):
+    disk_full_under(monkeypatch, tmp_path, failing)
+    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "failed" and snap.run_path is None
+    assert snap.error == ("Could not save the run: the runs folder could not be written (No space left on device), "
+                          "so the trained model is kept in memory only.")
+    model, extra = model_from_bytes(snap.unsaved_model)  # the trained weights, whole
+    assert extra["train_config"]["ebm_iterations"] == 30 and model.autoencoder.config.hidden_dim == 16
+    assert runs.list_runs(tmp_path) == [] and list(tmp_path.iterdir()) == []  # no half-written run either
+
+
+def test_stale_temp_files_of_killed_saves_are_cleaned_when_listing_or_saving(tmp_path):
+    model = build_model(tiny())
+    kept = save_model(model, tmp_path / "kept" / runs.WEIGHTS_NAME, {"dataset": "mnist"})
+    old = time.time() - runs.STALE_TEMP_SECONDS - 10
+    stale = [tmp_path / ".loose.safetensors.a1.tmp", kept.parent / ".history.json.b2.tmp"]
+    (tmp_path / "killed").mkdir()  # a save killed while writing its weights, after the history
+    (tmp_path / "killed" / runs.HISTORY_NAME).write_text("{}")
+    stale.append(tmp_path / "killed" / ".model.safetensors.c3.tmp")
+    fresh = kept.parent / ".model.safetensors.d4.tmp"  # a save in progress
+    for path in [*stale, fresh]:
+        path.write_bytes(b"partial")
+    for path in stale:
+        os.utime(path, (old, old))
+    assert [r.name for r in runs.list_runs(tmp_path)] == ["kept"]
+    assert not any(p.exists() for p in stale) and fresh.exists() and kept.exists()
+    assert not (tmp_path / "killed").exists()  # nothing of that run is left
+    os.utime(fresh, (old, old))
+    path = runs.save_run(model_to_bytes(model, {"dataset": "mnist"}), "mnist", {"events": []}, tmp_path)
+    assert not fresh.exists() and runs.read_history(path.parent) == {"events": []}
+    assert {r.path for r in runs.list_runs(tmp_path)} == {kept, path}
