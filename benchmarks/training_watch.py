@@ -326,7 +326,8 @@ async def measure(port: int, epochs: int, iterations: int, window_s: float, wind
 def report(n: int, w: Window) -> None:
     print(f"window {n} {w.kind:>6}: {w.seconds:5.1f} s, iterations {w.start.step} -> {w.end.step} "
           f"({w.start.percent}% -> {w.end.percent}%), {w.rate:.2f} it/s"
-          + (f", {w.readings} fragment runs" if w.kind == "open" else ""), flush=True)
+          + (f", {w.readings} fragment runs" if w.kind == "open" else "")
+          + f"; load average {os.getloadavg()[0]:.1f}", flush=True)  # other work on the machine shows here
 
 
 def overall(windows: list[Window], kind: str) -> float:
