@@ -110,19 +110,23 @@ def server_is_healthy(port: int) -> bool:
 
 
 @contextmanager
-def streamlit_server(workdir: Path) -> Iterator[int]:
-    """`streamlit run app.py` on 127.0.0.1, in its own session; yields the port once healthy.
+def streamlit_server(workdir: Path, repo: Path = REPO, env: dict[str, str] | None = None) -> Iterator[int]:
+    """`streamlit run app.py` of `repo` on 127.0.0.1, in its own session; yields the port once healthy.
 
+    `repo` (this checkout by default) comes first on the server's PYTHONPATH, so another
+    checkout's app runs with its own modules; `env` adds to or overrides the environment.
     The whole process group is stopped on the way out, whatever the way out is; the server's
     output goes to workdir/server.log and its tail is in the error when it does not start.
     """
     port = free_port()
-    env = dict(os.environ, EBM_RUNS_DIR=str(workdir / "runs"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    python_path = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, EBM_RUNS_DIR=str(workdir / "runs"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               PYTHONPATH=python_path, **(env or {}))
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none"]
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         give_up = time.monotonic() + SERVER_START_TIMEOUT_S
         while not server_is_healthy(port):
@@ -221,6 +225,16 @@ async def request(ws: ClientConnection, view: PageView, seed: int, timeout_s: fl
         return Result(None, f"disconnected: {e}", saw_queued)
 
 
+def connect_session(port: int) -> connect:
+    """A new session's websocket to the server, as a browser tab opens it (use with `async with`).
+
+    No client pings (a browser sends none); the origin is the page's, as a browser's is.
+    """
+    return connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
+                   origin=f"http://127.0.0.1:{port}", proxy=None, ping_interval=None,
+                   max_size=MAX_MESSAGE_BYTES, open_timeout=30)
+
+
 async def session(port: int, seeds: list[int], deadline: float) -> list[Result]:
     """One browser tab: open the Sample page with the first seed, then change the seed to each next one.
 
@@ -230,10 +244,7 @@ async def session(port: int, seeds: list[int], deadline: float) -> list[Result]:
     results: list[Result] = []
     view = PageView()
     try:
-        # No client pings (a browser sends none); the origin is the page's, as a browser's is.
-        async with connect(f"ws://127.0.0.1:{port}/_stcore/stream", subprotocols=["streamlit"],
-                           origin=f"http://127.0.0.1:{port}", proxy=None, ping_interval=None,
-                           max_size=MAX_MESSAGE_BYTES, open_timeout=30) as ws:
+        async with connect_session(port) as ws:
             for seed in seeds:
                 timeout_s = min(REQUEST_TIMEOUT_S, deadline - time.monotonic())
                 if timeout_s <= 0:
