@@ -10,7 +10,6 @@ Run: python -m benchmarks.render [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import subprocess
 import time
 
 import imageio.v3 as iio
@@ -22,6 +21,7 @@ from ebm.generate import SampleSettings, chain_frames, decode_binary, sample_cha
 from ebm.images import gif_bytes, image_grid, png_bytes
 from ebm.limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, frame_indices
 from ebm.render import sample_view
+from benchmarks.machine import cpu_model
 from ebm.threads import limit_native_threads, set_chain_threads
 
 
@@ -33,11 +33,6 @@ def best_of(repeats: int, fn) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return 1000 * min(times)
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
 def main() -> None:

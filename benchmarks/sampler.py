@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 import torch
 
+from benchmarks.machine import cpu_model
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
 from ebm.models import EnergyNet
 from ebm.sampling import run_chains, ula
@@ -94,6 +95,7 @@ def main() -> None:
     model, _ = load_model(args.weights)
     net = model.energy
     c = net.config
+    print(f"CPU: {cpu_model()}")
     print(f"energy net: {c.latent_dim} -> {c.hidden_dim} x {c.num_layers} -> 1 (SiLU), torch {torch.__version__}, "
           f"{args.threads} threads for both samplers")
     flops = flops_per_chain_step(net)

@@ -47,6 +47,8 @@ from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from benchmarks.machine import busy_processes, cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
 PAGE = "sample"  # the Sample page's url_path in app.py
@@ -88,11 +90,6 @@ class Scenario:
     requests: int
     wall_s: float
     results: list[Result] = field(default_factory=list)
-
-
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
 
 
 def free_port() -> int:
@@ -151,20 +148,6 @@ def stop_process_group(process: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             pass
-
-
-@contextmanager
-def cpu_hog(enabled: bool) -> Iterator[None]:
-    """One busy-looping Python process for the duration of a block (nothing when not enabled)."""
-    if not enabled:
-        yield
-        return
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        yield
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 def rerun_message(view: PageView, seed: int) -> BackMsg:
@@ -263,7 +246,7 @@ async def session(port: int, seeds: list[int], deadline: float) -> list[Result]:
 async def run_scenario(port: int, sessions: int, requests: int, first_seed: int, deadline: float, hog: bool = False) -> Scenario:
     """`sessions` sessions at once, `requests` each, seeds first_seed, first_seed + 1, ..."""
     seeds = [list(range(first_seed + s * requests, first_seed + (s + 1) * requests)) for s in range(sessions)]
-    with cpu_hog(hog):
+    with busy_processes(1 if hog else 0):
         start = time.perf_counter()
         per_session = await asyncio.gather(*(session(port, s, deadline) for s in seeds))
         wall_s = time.perf_counter() - start
@@ -326,14 +309,15 @@ def main() -> None:
     parser.add_argument("--hog", choices=("both", "off", "on"), default="both", help="run each scenario without and/or with a CPU hog")
     parser.add_argument("--deadline", type=float, default=3600, help="seconds for the whole run; later requests are not sent")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 sessions, 1 request, no hog")
+    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py the server runs (default: this one)")
     args = parser.parse_args()
     sessions = [2] if args.quick else [int(n) for n in args.sessions.split(",")]
     requests = 1 if args.quick else args.requests
     hogs = [False] if args.quick else {"both": [False, True], "off": [False], "on": [True]}[args.hog]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
     deadline = time.monotonic() + args.deadline
-    with tempfile.TemporaryDirectory(prefix="ebm-serving-") as tmp, streamlit_server(Path(tmp)) as port:
-        print(f"server on 127.0.0.1:{port}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="ebm-serving-") as tmp, streamlit_server(Path(tmp), repo=args.repo) as port:
+        print(f"server on 127.0.0.1:{port}; repo {args.repo}", flush=True)
         single_request_s, rows = asyncio.run(benchmark(port, sessions, requests, hogs, deadline))
     print_table(rows)
     loadavg = os.getloadavg()

@@ -31,7 +31,8 @@ if __package__ in (None, ""):  # run as a file from another checkout: find this 
 
 from playwright.sync_api import sync_playwright
 
-from benchmarks.serving import FINAL_IMAGE_CAPTION, PAGE, REPO, SEED_LABEL, cpu_model, streamlit_server
+from benchmarks.machine import cpu_model
+from benchmarks.serving import FINAL_IMAGE_CAPTION, PAGE, REPO, SEED_LABEL, streamlit_server
 
 CHROMIUM = os.environ.get("EBM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [  # tests/test_browser.py's

@@ -18,10 +18,12 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import busy_processes, cpu_model  # noqa: E402
 
 CHILD = r"""
 import json, sys, time, torch
@@ -51,24 +53,6 @@ print(json.dumps({"threads": torch.get_num_threads(), "stage1": stage1, "stage2"
 """
 
 
-def cpu_model() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
-
-
-@contextmanager
-def busy_processes(n: int):
-    """n other programs each keeping a core busy (each ends by itself within 20 minutes)."""
-    hogs = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 1200\nwhile time.time() < end: pass"])
-            for _ in range(n)]
-    try:
-        yield
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
-
-
 def measure(torch_threads: int, batches: int, iterations: int) -> dict:
     env = dict(os.environ, EBM_TORCH_THREADS=str(torch_threads), PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", CHILD, str(batches), str(iterations)], env=env, cwd=REPO,
@@ -82,7 +66,6 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=150, help="stage-1 batches timed")
     parser.add_argument("--iterations", type=int, default=150, help="stage-2 iterations timed")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from ebm.threads import usable_cores
 
     cores = usable_cores()

@@ -49,7 +49,8 @@ from streamlit.runtime.state.common import user_key_from_element_id
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks.serving import REPO, connect_session, cpu_model, streamlit_server
+from benchmarks.machine import cpu_model
+from benchmarks.serving import REPO, connect_session, streamlit_server
 
 PAGE = "train"  # the Train page's url_path in app.py
 STAGE2_PROGRESS = "Stage 2"  # the stage-2 progress bar's text starts with it

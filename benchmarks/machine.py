@@ -1,0 +1,30 @@
+"""What machine a benchmark runs on, and other work to run beside it: every benchmark prints the
+CPU model (speeds differ between the Intel and AMD machines this project runs on) and measures
+next to busy processes, since a shared machine is where the app must hold up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def cpu_model() -> str:
+    """lscpu's model name."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
+
+
+@contextmanager
+def busy_processes(n: int, seconds: float = 1200) -> Iterator[None]:
+    """n other programs, each keeping a core busy, for the duration of a block (each ends by itself
+    after `seconds` if this one is killed)."""
+    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"])
+            for _ in range(n)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
