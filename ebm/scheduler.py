@@ -150,7 +150,8 @@ class Scheduler:
                 return
             if job.state == QUEUED:
                 self._queue.remove(job)
-            self._by_key.pop(job.key, None)
+            if self._by_key.get(job.key) is job:
+                del self._by_key[job.key]
             job.state = CANCELLED  # a running job sees this at its next should_stop
             if job not in self._running:
                 job.finished.set()
@@ -178,7 +179,8 @@ class Scheduler:
                 error = e
             with self._cond:
                 self._running.remove(job)
-                self._by_key.pop(job.key, None)
+                if self._by_key.get(job.key) is job:  # a cancelled job's key may already name a newer job
+                    del self._by_key[job.key]
                 if job.state != CANCELLED:
                     job.value, job.error = value, error
                     job.state = FAILED if error is not None else DONE

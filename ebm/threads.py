@@ -15,6 +15,7 @@ threads in `ebm.kernels` (the command line), or independent requests side by sid
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -23,8 +24,10 @@ from threadpoolctl import threadpool_limits
 TORCH_THREADS_ENV = "EBM_TORCH_THREADS"
 
 
+@functools.cache
 def usable_cores() -> int:
-    """Cores this process may run on: CPU affinity and a container's CPU quota (cgroups) count."""
+    """Cores this process may run on: CPU affinity and a container's CPU quota (cgroups) count.
+    Read once: the scheduler asks at every job."""
     from joblib.externals.loky import cpu_count  # honours affinity and cgroup v1/v2 quotas
 
     return max(1, cpu_count(only_physical_cores=False))

@@ -163,3 +163,27 @@ def test_capacity_that_drops_holds_new_jobs_back():
     assert t3.state == QUEUED
     second.open.set(), third.open.set()
     assert t2.result() == 2 and t3.result() == 3
+
+
+def test_a_request_back_to_a_cancelled_running_key_runs_once_more_and_is_shared():
+    """alice moves the slider away and back while the first run is still stopping; bob then asks for
+    the same: one new run serves both."""
+    scheduler = Scheduler(capacity=lambda: 2)
+    first, other, again = Gate("first", blocks=1000), Gate("other"), Gate("again")
+    runs = []
+
+    def counted(should_stop):
+        runs.append(1)
+        return again(should_stop)
+
+    scheduler.submit("seed=1", "alice", first)
+    started(first)
+    scheduler.submit("seed=2", "alice", other)  # cancels seed=1, which runs on until its next block
+    back = scheduler.submit("seed=1", "alice", counted)
+    first.open.set()
+    other.open.set()
+    started(again)  # the cancelled run has left; the new one runs
+    bob = scheduler.submit("seed=1", "bob", counted)
+    again.open.set()
+    assert back.result() == "again" and bob.result() == "again" and first.stopped_at == 1
+    assert len(runs) == 1
