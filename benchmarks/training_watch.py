@@ -7,9 +7,10 @@ session (Streamlit's own protocol, as in benchmarks/serving.py) opens the Train 
 the form's epochs and iterations through widget states and presses "Start training" (the
 form submit button's trigger); the other hyperparameters keep their defaults.
 
-Once stage 2 runs, windows of --window seconds alternate, OPEN first, --windows of each:
+Once stage 2 runs, --windows pairs of windows of --window seconds follow, OPEN then CLOSED, then
+CLOSED then OPEN, and so on (so a rate that drifts during the run favours neither kind):
   OPEN   the session stays connected. It behaves as a browser tab does: the live panel is an
-         `st.fragment(run_every=1 s)`, whose reruns the *client* asks for (the server sends
+         `st.fragment(run_every=...)`, whose reruns the *client* asks for (the server sends
          `auto_rerun`; the browser then sends a fragment rerun every interval), so this client
          keeps those timers, and every fragment run redraws the progress bars and charts.
   CLOSED the session disconnects, the window passes with no client, then a NEW session opens
@@ -288,7 +289,7 @@ def check_running(reading: Reading, iterations: int) -> None:
 
 
 async def measure(port: int, epochs: int, iterations: int, window_s: float, windows: int, warmup_steps: int) -> list[Window]:
-    """Start the training, wait for stage 2, then OPEN and CLOSED windows in turn; returns them in order."""
+    """Start the training, wait for stage 2, then pairs of OPEN and CLOSED windows; returns them in order."""
     result: list[Window] = []
     page = await open_train_page(port)
     try:
@@ -301,24 +302,26 @@ async def measure(port: int, epochs: int, iterations: int, window_s: float, wind
         start = page.readings[-1]
         print(f"stage 2 at iteration {start.step} after {start.t - started:.0f} s; "
               f"{page.runs_finished} script runs so far in this session", flush=True)
-        for n in range(1, windows + 1):
-            first = len(page.readings)
-            await page.wait_for(lambda: page.readings[-1].t >= start.t + window_s, window_s + READING_TIMEOUT_S,
-                                "the end of an open window")
-            end = page.readings[-1]
-            check_running(end, iterations)
-            result.append(Window("open", start, end, len(page.readings) - first))
-            report(n, result[-1])
-            await page.close()
-            await asyncio.sleep(max(0.0, end.t + window_s - time.monotonic()))
-            page = await open_train_page(port)
-            reading = await page.load()
-            if reading is None:
-                raise BenchmarkError("a new session's Train page shows no stage-2 progress")
-            check_running(reading, iterations)
-            result.append(Window("closed", end, reading, 0))
-            report(n, result[-1])
-            start = reading
+        for n in range(1, windows + 1):  # open-closed, then closed-open: a drifting rate favours neither
+            for kind in ("open", "closed") if n % 2 else ("closed", "open"):
+                if kind == "open":
+                    first = len(page.readings)
+                    await page.wait_for(lambda: page.readings[-1].t >= start.t + window_s, window_s + READING_TIMEOUT_S,
+                                        "the end of an open window")
+                    end = page.readings[-1]
+                    check_running(end, iterations)
+                    result.append(Window("open", start, end, len(page.readings) - first))
+                else:
+                    await page.close()
+                    await asyncio.sleep(max(0.0, start.t + window_s - time.monotonic()))
+                    page = await open_train_page(port)
+                    end = await page.load()
+                    if end is None:
+                        raise BenchmarkError("a new session's Train page shows no stage-2 progress")
+                    check_running(end, iterations)
+                    result.append(Window("closed", start, end, 0))
+                report(n, result[-1])
+                start = end
     finally:
         await page.close()
     return result
@@ -359,7 +362,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py the server runs (default: this one)")
     parser.add_argument("--window", type=float, default=40, help="seconds per window")
-    parser.add_argument("--windows", type=int, default=2, help="windows of each kind (open, closed, open, closed, ...)")
+    parser.add_argument("--windows", type=int, default=2, help="pairs of windows: open-closed, closed-open, ...")
     parser.add_argument("--epochs", type=int, default=1, help="stage-1 epochs (the form's t_ae_epochs)")
     parser.add_argument("--iterations", type=int, default=20_000,
                         help="stage-2 iterations (t_ebm_iterations): more than the windows need; the server is stopped at the end")
