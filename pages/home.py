@@ -20,7 +20,7 @@ with demo:
                                f"(ε = {settings.step_size}), decoded every {settings.record_every} steps",
              width="stretch")
     with st.expander("Final grid"):
-        st.image(view.png, caption="The same chains after the last step", width="stretch")
+        st.image(view.png, caption="The same chains after the last step", width="stretch", output_format="PNG")
     st.page_link("pages/sample.py", label="Make your own on the Sample page", icon=":material/auto_awesome:")
     st.page_link("pages/explorer.py", label="Walk the landscape in the Latent explorer", icon=":material/explore:")
     st.page_link("pages/train.py", label="Train your own model", icon=":material/model_training:")

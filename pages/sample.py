@@ -70,7 +70,8 @@ with output:
                  width="stretch")
         st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
     with final:
-        st.image(view.png, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch")
+        st.image(view.png, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch",
+                 output_format="PNG")  # Streamlit would re-encode it as a JPEG: blurred binary digits
         st.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png", on_click="ignore")
 
     traces, accept = st.columns([3, 2])

@@ -135,6 +135,8 @@ def test_home_explains_and_shows_digits():
 def test_sample_page_more_chains_more_images():
     at = open_page("pages/sample.py")
     assert any(c.startswith("64 samples after step 500") for c in image_captions(at))
+    urls = {i.caption.split(" after")[0]: i.url for img in at.image for i in img.proto.imgs}
+    assert urls["64 samples"].endswith(".png") and urls["64 chains over 500 steps (51 frames)"].endswith(".gif"), urls
     assert at.query_params["chains"] == "64" and at.query_params["sampler"] == "mala"
     assert any("MALA acceptance" in m.label for m in at.metric)
     at.slider(key="s_chains").set_value(100).run()
