@@ -92,6 +92,17 @@ class Scenario:
     results: list[Result] = field(default_factory=list)
 
 
+REPO_HELP = "the checkout whose app.py the server runs (default: this one)"
+
+
+def app_checkout(text: str) -> Path:
+    """--repo's type: a checkout that has an app.py, resolved."""
+    repo = Path(text).resolve()
+    if not (repo / "app.py").is_file():
+        raise argparse.ArgumentTypeError(f"no app.py in {repo}")
+    return repo
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -309,7 +320,7 @@ def main() -> None:
     parser.add_argument("--hog", choices=("both", "off", "on"), default="both", help="run each scenario without and/or with a CPU hog")
     parser.add_argument("--deadline", type=float, default=3600, help="seconds for the whole run; later requests are not sent")
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 sessions, 1 request, no hog")
-    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py the server runs (default: this one)")
+    parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
     args = parser.parse_args()
     sessions = [2] if args.quick else [int(n) for n in args.sessions.split(",")]
     requests = 1 if args.quick else args.requests

@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file from another checkout: find this 
 from playwright.sync_api import sync_playwright
 
 from benchmarks.machine import cpu_model
-from benchmarks.serving import FINAL_IMAGE_CAPTION, PAGE, REPO, SEED_LABEL, streamlit_server
+from benchmarks.serving import FINAL_IMAGE_CAPTION, PAGE, REPO, REPO_HELP, SEED_LABEL, app_checkout, streamlit_server
 
 CHROMIUM = os.environ.get("EBM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [  # tests/test_browser.py's
@@ -95,12 +95,10 @@ def measure(url: str, changes: int) -> tuple[float, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py the server runs (default: this one)")
+    parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
     parser.add_argument("--changes", type=int, default=10, help="Seed changes to time")
     args = parser.parse_args()
-    repo = args.repo.resolve()
-    if not (repo / "app.py").is_file():
-        parser.error(f"no app.py in {repo}")
+    repo = args.repo
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
     print(f"repo: {repo}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ebm-slider-") as tmp, streamlit_server(Path(tmp), repo=repo) as port:

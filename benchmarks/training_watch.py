@@ -51,7 +51,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from benchmarks.machine import cpu_model
-from benchmarks.serving import REPO, connect_session, streamlit_server
+from benchmarks.serving import REPO, REPO_HELP, app_checkout, connect_session, streamlit_server
 
 PAGE = "train"  # the Train page's url_path in app.py
 STAGE2_PROGRESS = "Stage 2"  # the stage-2 progress bar's text starts with it
@@ -360,7 +360,7 @@ def print_table(windows: list[Window], iterations: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", type=Path, default=REPO, help="the checkout whose app.py the server runs (default: this one)")
+    parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
     parser.add_argument("--window", type=float, default=40, help="seconds per window")
     parser.add_argument("--windows", type=int, default=2, help="pairs of windows: open-closed, closed-open, ...")
     parser.add_argument("--epochs", type=int, default=1, help="stage-1 epochs (the form's t_ae_epochs)")
@@ -368,9 +368,7 @@ def main() -> None:
                         help="stage-2 iterations (t_ebm_iterations): more than the windows need; the server is stopped at the end")
     parser.add_argument("--warmup-steps", type=int, default=100, help="stage-2 iterations before the first window")
     args = parser.parse_args()
-    repo = args.repo.resolve()
-    if not (repo / "app.py").is_file():
-        parser.error(f"no app.py in {repo}")
+    repo = args.repo
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="ebm-watch-") as tmp:
         data = mnist_dir()
