@@ -41,7 +41,7 @@ from ebm.limits import check_request_size
 from ebm.models import LatentEBM
 from ebm.render import SampleView, sample_view
 from ebm.scheduler import QUEUED, Scheduler, Work
-from ebm.threads import limit_native_threads, set_chain_threads, usable_cores
+from ebm.threads import limit_blas_threads, limit_torch_threads, set_chain_threads, usable_cores
 
 try:  # what Streamlit raises in a script thread whose session asked for a rerun
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
@@ -94,15 +94,17 @@ def configure_process() -> int:
     its limit per thread, so this is called on every run; it is idempotent and cheap.
     Returns torch's thread count.
     """
-    _freeze_startup_objects()
+    _configure_once()
     set_chain_threads(1)
-    return limit_native_threads()
+    return limit_torch_threads()
 
 
 @st.cache_resource(show_spinner=False)
-def _freeze_startup_objects() -> None:
-    """Once per process: hide what the imports made (about 500k objects) from the garbage
-    collector, whose full passes would otherwise scan it all again, holding the GIL."""
+def _configure_once() -> None:
+    """Once per process: BLAS to one thread (`ebm.kernels` does it again for the BLAS it loads),
+    and hide what the imports made (about 500k objects) from the garbage collector, whose full
+    passes would otherwise scan it all again, holding the GIL."""
+    limit_blas_threads()
     gc.freeze()
 
 

@@ -44,9 +44,15 @@ def torch_threads() -> int:
 def limit_native_threads() -> int:
     """One thread for OpenBLAS/MKL-style BLAS pools and `torch_threads()` for torch; returns torch's.
 
-    Call it once per process before heavy work (the CLI and the app do); idempotent.
+    Call it once per process before heavy work (the CLI does, the app at its first run); idempotent.
     """
     limit_blas_threads()
+    return limit_torch_threads()
+
+
+def limit_torch_threads() -> int:
+    """`torch_threads()` for torch, in the process and the calling thread; returns it. Cheap
+    (`limit_blas_threads` scans every loaded library, about 4 ms): call it in any new thread."""
     n = torch_threads()
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)

@@ -2,7 +2,6 @@
 
 import math
 import time
-import uuid
 from dataclasses import fields
 
 import plotly.graph_objects as go
@@ -188,7 +187,7 @@ def show_live(snap: jobs.JobSnapshot) -> None:
 
 
 st.title("Train your own model")
-me = st.session_state.setdefault("session_owner", uuid.uuid4().hex)
+me = widgets.session_id()
 job = jobs.latest_job()
 active = job is not None and job.active
 
