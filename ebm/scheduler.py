@@ -119,13 +119,6 @@ class Scheduler:
             self._release(previous, session)
         return Ticket(self, job, session)
 
-    def cancel_session(self, session: str) -> None:
-        """The session has ended: cancel what it was waiting for (unless another session wants it too)."""
-        with self._cond:
-            job = self._by_session.get(session)
-        if job is not None:
-            self._release(job, session)
-
     def stats(self) -> dict[str, int]:
         """How many jobs are queued and running now, and the current capacity."""
         with self._cond:
@@ -158,7 +151,7 @@ class Scheduler:
             self._cond.notify_all()
 
     def _start_workers(self) -> None:
-        while len(self._workers) < max(self._slots(), 1) and len(self._workers) < usable_cores():
+        while len(self._workers) < self._slots():  # capacity() says how many cores: one worker each
             worker = threading.Thread(target=self._work, name=f"ebm-scheduler-{len(self._workers)}", daemon=True)
             self._workers.append(worker)
             worker.start()

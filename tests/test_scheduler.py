@@ -109,7 +109,7 @@ def test_a_shared_job_goes_on_while_any_session_still_wants_it():
     alice.cancel()
     gate.open.set()
     assert bob.result() == "shared" and gate.stopped_at is None
-    scheduler.cancel_session("bob")  # bob's job is done: nothing left to cancel
+    bob.cancel()  # bob's job is done: nothing left to cancel
     assert bob.state == DONE
 
 
@@ -118,7 +118,7 @@ def test_a_session_that_ends_cancels_its_work():
     gate = Gate("never shown", blocks=1000)
     ticket = scheduler.submit("view", "gone", gate)
     started(gate)
-    scheduler.cancel_session("gone")
+    ticket.cancel()  # what widgets.scheduled does when the session's script is stopped
     gate.open.set()
     assert ticket.wait(TIMEOUT) and ticket.state == CANCELLED and gate.stopped_at == 1
 
