@@ -41,7 +41,7 @@ from ebm.limits import check_request_size
 from ebm.models import LatentEBM
 from ebm.render import SampleView, sample_view
 from ebm.scheduler import QUEUED, Scheduler, Work
-from ebm.threads import limit_blas_threads, limit_torch_threads, set_chain_threads, usable_cores
+from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads
 
 try:  # what Streamlit raises in a script thread whose session asked for a rerun
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
@@ -444,8 +444,8 @@ def session_id() -> str:
 
 @st.cache_resource
 def scheduler() -> Scheduler:
-    """The server's one scheduler: a slot per core, less one while a training runs."""
-    return Scheduler(capacity=lambda: usable_cores() - jobs.trainings_running())
+    """The server's one scheduler: a slot per core ($EBM_SERVING_SLOTS), less one while a training runs."""
+    return Scheduler(capacity=lambda: serving_slots() - jobs.trainings_running())
 
 
 def scheduled(key: tuple, work: Work, total: int, what: str) -> Any:
@@ -462,8 +462,9 @@ def scheduled(key: tuple, work: Work, total: int, what: str) -> Any:
     try:
         while not ticket.wait(0.25):  # every update also lets Streamlit stop or rerun this script
             if ticket.state == QUEUED:
-                status.info(f"Queued, {ticket.ahead} ahead: this server runs {scheduler().stats()['capacity']} "
-                            "requests at a time, in the order they came", icon=":material/hourglass_top:")
+                slots = scheduler().stats()["capacity"]
+                status.info(f"Queued, {ticket.ahead} ahead: this server runs {slots} request{'s' * (slots != 1)} "
+                            "at a time, in the order they came", icon=":material/hourglass_top:")
             else:
                 status.progress(ticket.progress, text=f"{what}: {ticket.progress:.0%}")
         return ticket.result()

@@ -22,6 +22,21 @@ import torch
 from threadpoolctl import threadpool_limits
 
 TORCH_THREADS_ENV = "EBM_TORCH_THREADS"
+SERVING_SLOTS_ENV = "EBM_SERVING_SLOTS"
+
+
+def _positive_int_env(name: str) -> int | None:
+    """The environment variable `name` as an integer >= 1, None when unset or empty; a clear error otherwise."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${name} must be a whole number >= 1, got {raw!r}")
+    return value
 
 
 @functools.cache
@@ -34,11 +49,13 @@ def usable_cores() -> int:
 
 
 def torch_threads() -> int:
-    """Torch's intra-op threads: $EBM_TORCH_THREADS if it is a positive integer, else 1."""
-    try:
-        return max(1, int(os.environ.get(TORCH_THREADS_ENV, "1")))
-    except ValueError:
-        return 1
+    """Torch's intra-op threads: $EBM_TORCH_THREADS if set, else 1."""
+    return _positive_int_env(TORCH_THREADS_ENV) or 1
+
+
+def serving_slots() -> int:
+    """How many requests a server runs at once: $EBM_SERVING_SLOTS if set, else one per usable core."""
+    return _positive_int_env(SERVING_SLOTS_ENV) or usable_cores()
 
 
 def limit_native_threads() -> int:

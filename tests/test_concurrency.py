@@ -286,14 +286,25 @@ GRID_SRC_JS = """() => {
 }""".replace("MAIN", MAIN)
 
 
+QUEUED_OR_GRID_JS = """() => {
+    const main = document.querySelector('MAIN');
+    const queued = main && [...main.querySelectorAll('[data-testid="stAlert"]')].find(e => e.innerText.includes('Queued,'));
+    if (queued) return queued.innerText.trim();
+    const grid = main && [...main.querySelectorAll('[data-testid="stImage"]')].find(e => e.innerText.includes('samples after step'));
+    return grid ? 'grid' : null;
+}""".replace("MAIN", MAIN)
+"""The page's queue message once it shows, or "grid" once the digits show without a wait (checked at once, in the page)."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
+@contextmanager
+def _streamlit_server(tmp: Path, **env_extra: str):
+    """`streamlit run app.py` on a free port, with its own runs folder; yields its URL once healthy."""
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
@@ -301,8 +312,8 @@ def live_server(tmp_path_factory):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $EBM_CHROMIUM)")
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("concurrency_server")
-    env = dict(os.environ, EBM_RUNS_DIR=str(tmp / "runs"), OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env = dict(os.environ, EBM_RUNS_DIR=str(tmp / "runs"), OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
+               **env_extra)
     with open(tmp / "streamlit.log", "w") as log:  # the server keeps its own copy of the file descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
@@ -333,6 +344,12 @@ def live_server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    with _streamlit_server(tmp_path_factory.mktemp("concurrency_server")) as url:
+        yield url
 
 
 async def _browser_session(browser, url: str, index: int, latencies: list, errors: list, grids: dict,
@@ -438,38 +455,51 @@ def test_eight_browser_sessions_sample_at_once(live_server):
     assert refused.get("images") == 0 and "too large" in refused.get("message", "")
 
 
-def test_a_waiting_request_shows_its_place_in_the_queue(live_server):
-    """Heavy requests fill every slot; the next visitor sees "Queued, N ahead", then their digits."""
+def test_a_waiting_request_shows_its_place_in_the_queue(tmp_path):
+    """With the one slot busy, the next visitor sees "Queued, N ahead", then their digits.
+
+    The server runs one request at a time ($EBM_SERVING_SLOTS=1) and heavy requests (the cap,
+    about 1-2 s each) are opened at once ahead of the visitor. How long they keep the slot
+    depends on the machine, so when the visitor's digits come without a wait, the next round
+    opens twice as many (with a new seed, which the result cache cannot answer).
+    """
     from playwright.async_api import async_playwright
 
-    heavy = (os.cpu_count() or 1) + 1  # more than the scheduler's slots (one per usable core)
     main = '[data-testid="stMain"]'
 
-    async def main_flow() -> tuple[str, int]:
+    async def heavy_page(browser, url: str, seed: int):
+        page = await (await browser.new_context()).new_page()
+        page.set_default_timeout(180_000)
+        await page.goto(f"{url}/sample?chains=1024&K=1950&seed={seed}")
+        await page.locator(f'{main} [data-testid="stProgress"], {main} [data-testid="stAlert"]').first.wait_for()
+        return page
+
+    async def main_flow(url: str) -> tuple[str, int, int]:
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
-                pages = []
-                for i in range(heavy):  # each waits until its request is in the scheduler (running or queued)
-                    page = await (await browser.new_context()).new_page()
+                for round_, heavy in enumerate((2, 4, 8, 16)):
+                    seeds = range(1000 * round_ + 900, 1000 * round_ + 900 + heavy)
+                    pages = await asyncio.gather(*(heavy_page(browser, url, seed) for seed in seeds))
+                    page = await (await browser.new_context(viewport={"width": 1400, "height": 900})).new_page()
                     page.set_default_timeout(180_000)
-                    await page.goto(f"{live_server}/sample?chains=1024&K=1950&seed={900 + i}")
-                    await page.locator(f'{main} [data-testid="stProgress"], {main} [data-testid="stAlert"]').first.wait_for()
-                    pages.append(page)
-                page = await (await browser.new_context(viewport={"width": 1400, "height": 900})).new_page()
-                page.set_default_timeout(180_000)
-                await page.goto(f"{live_server}/sample?seed=77")
-                queued = page.locator(main).get_by_text("Queued,", exact=False).first
-                await queued.wait_for()
-                text = await queued.inner_text()
-                ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
-                await page.screenshot(path=str(ARTIFACTS / "screenshots" / "sample_queued.png"))
-                grid = page.locator(f'{main} [data-testid="stImage"]').filter(has_text="samples after step")
-                await grid.wait_for()
-                return text, await page.locator(f'{main} [data-testid="stException"]').count()
+                    await page.goto(f"{url}/sample?seed={77 + round_}")
+                    seen = await (await page.wait_for_function(QUEUED_OR_GRID_JS)).json_value()
+                    if seen != "grid":
+                        text = seen
+                        ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
+                        await page.screenshot(path=str(ARTIFACTS / "screenshots" / "sample_queued.png"))
+                        await page.locator(f'{main} [data-testid="stImage"]').filter(has_text="samples after step").wait_for()
+                        return text, await page.locator(f'{main} [data-testid="stException"]').count(), round_
+                    for other in pages:  # served at once: the heavy requests were done too early; go again
+                        await other.context.close()
+                    await page.context.close()
+                pytest.fail("no request ever waited, even behind 16 heavy ones on one slot")
             finally:
                 await browser.close()
 
-    text, exceptions = asyncio.run(main_flow())
-    assert re.match(r"Queued, \d+ ahead", text), text
+    with _streamlit_server(tmp_path, EBM_SERVING_SLOTS="1") as url:
+        text, exceptions, rounds = asyncio.run(main_flow(url))
+    print(f"queued after {rounds + 1} round(s): {text}")
+    assert re.search(r"Queued, \d+ ahead: this server runs 1 request at a time", text), text
     assert exceptions == 0

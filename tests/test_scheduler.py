@@ -187,3 +187,21 @@ def test_a_request_back_to_a_cancelled_running_key_runs_once_more_and_is_shared(
     again.open.set()
     assert back.result() == "again" and bob.result() == "again" and first.stopped_at == 1
     assert len(runs) == 1
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "two", "1.5"])
+def test_a_bad_slot_count_in_the_environment_is_a_clear_error(monkeypatch, raw):
+    from ebm.threads import SERVING_SLOTS_ENV, serving_slots
+
+    monkeypatch.setenv(SERVING_SLOTS_ENV, raw)
+    with pytest.raises(ValueError, match=r"\$EBM_SERVING_SLOTS must be a whole number >= 1"):
+        serving_slots()
+
+
+def test_the_slot_count_defaults_to_the_usable_cores_and_can_be_set(monkeypatch):
+    from ebm.threads import SERVING_SLOTS_ENV, serving_slots, usable_cores
+
+    monkeypatch.delenv(SERVING_SLOTS_ENV, raising=False)
+    assert serving_slots() == usable_cores()
+    monkeypatch.setenv(SERVING_SLOTS_ENV, "3")
+    assert serving_slots() == 3
