@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -80,46 +81,64 @@ def _config(metadata: dict, key: str, cls, name: str):
         raise WeightsError(f"{name}: metadata field {key!r} is missing or invalid: {e}") from None
 
 
-def _read_metadata(data: bytes) -> dict:
-    """The `__metadata__` of a safetensors header: an 8-byte little-endian length, then JSON."""
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__") or {}
+MAX_HEADER_BYTES = 1 << 20
+"""Most bytes of JSON header a weights file may have (the shipped one has about 6 KB)."""
 
 
-def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dict]:
-    """Rebuild a model from safetensors bytes; returns (model, extra metadata). Raises WeightsError."""
+def _read_header(data: bytes, name: str) -> tuple[dict, dict]:
+    """(metadata, {tensor name: shape}) from a safetensors header: an 8-byte little-endian length, then JSON.
+
+    Reads nothing past the header, so a file is judged by what it declares before any tensor is built.
+    """
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if not 2 <= header_len <= min(len(data) - 8, MAX_HEADER_BYTES):
+        raise WeightsError(f"{name} is not a valid safetensors file: its header length is missing, "
+                           f"past the end of the file or above {MAX_HEADER_BYTES:,} bytes")
     try:
-        tensors = load_bytes(data)
-        metadata = _read_metadata(data)
-    except (SafetensorError, ValueError, OSError) as e:
-        raise WeightsError(f"{name} is not a valid safetensors file: {e}") from None
+        header = json.loads(data[8 : 8 + header_len])
+        metadata = header.pop("__metadata__", None) or {}
+        shapes = {key: tuple(int(n) for n in spec["shape"]) for key, spec in header.items()}
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise WeightsError(f"{name} is not a valid safetensors file: its header is not what safetensors writes ({e})") from None
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"{name} is not a valid safetensors file: its metadata is not a JSON object")
+    return metadata, shapes
+
+
+def model_from_bytes(
+    data: bytes, name: str = "weights", check_architecture: Callable[[AutoencoderConfig, EnergyConfig], None] | None = None,
+) -> tuple[LatentEBM, dict]:
+    """Rebuild a model from safetensors bytes; returns (model, extra metadata). Raises WeightsError.
+
+    Everything the header declares (format, architecture, tensor names and shapes) is checked
+    before any tensor is read or any module allocated: the model is laid out on the meta device,
+    and the file's tensors become its weights (`assign=True`). `check_architecture` (e.g.
+    `ebm.limits.check_app_architecture`) can refuse a model by its shapes alone.
+    """
+    metadata, shapes = _read_header(data, name)
     if metadata.get("format") != FORMAT:
         raise WeightsError(f"{name} is not an mnist-ebm weights file (format {metadata.get('format')!r}, expected {FORMAT!r})")
     ae_config = _config(metadata, "autoencoder", AutoencoderConfig, name)
     energy_config = _config(metadata, "energy", EnergyConfig, name)
+    if check_architecture is not None:
+        try:
+            check_architecture(ae_config, energy_config)
+        except ValueError as e:
+            raise WeightsError(f"{name} is too large for this app: {e}") from None
     try:
-        model = LatentEBM(
-            Autoencoder(ae_config), EnergyNet(energy_config),
-            torch.zeros(ae_config.latent_dim), torch.ones(ae_config.latent_dim),
-        )
+        with torch.device("meta"):  # shapes only: no memory, however wide the metadata says the model is
+            model = LatentEBM(Autoencoder(ae_config), EnergyNet(energy_config),
+                              torch.zeros(ae_config.latent_dim), torch.ones(ae_config.latent_dim))
     except (ValueError, RuntimeError) as e:
         raise WeightsError(f"{name}: metadata describes an impossible model: {e}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
+    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     if missing or unexpected:
         raise WeightsError(f"{name}: tensors do not match the architecture; missing {missing}, unexpected {unexpected}")
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsError(
-                f"{name}: tensor {key!r} has shape {tuple(value.shape)}, "
-                f"the architecture in its metadata needs {tuple(expected[key].shape)}"
-            )
-        if not torch.isfinite(value).all():
-            raise WeightsError(f"{name}: tensor {key!r} contains NaN or infinity")
-    if (tensors["code_std"] <= 0).any():
-        raise WeightsError(f"{name}: code_std must be positive")
+    for key, shape in shapes.items():
+        if shape != expected[key]:
+            raise WeightsError(f"{name}: tensor {key!r} has shape {shape}, the architecture in its metadata needs {expected[key]}")
     try:
         extra = json.loads(metadata.get("extra") or "{}")
     except ValueError as e:
@@ -133,15 +152,29 @@ def model_from_bytes(data: bytes, name: str = "weights") -> tuple[LatentEBM, dic
             check_threshold(extra["threshold"])
     except ValueError as e:
         raise WeightsError(f"{name}: metadata field 'extra' is invalid: {e}") from None
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    try:
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise WeightsError(f"{name} is not a valid safetensors file: {e}") from None
+    for key, value in tensors.items():
+        if not value.is_floating_point():
+            raise WeightsError(f"{name}: tensor {key!r} holds {value.dtype}, not floating-point numbers")
+        if not torch.isfinite(value).all():
+            raise WeightsError(f"{name}: tensor {key!r} contains NaN or infinity")
+    if (tensors["code_std"] <= 0).any():
+        raise WeightsError(f"{name}: code_std must be positive")
+    model.load_state_dict({k: v.float().contiguous() for k, v in tensors.items()}, assign=True)
     model.eval()
     return model, extra
 
 
-def load_model(path: str | Path = SHIPPED_WEIGHTS, name: str | None = None) -> tuple[LatentEBM, dict]:
+def load_model(
+    path: str | Path = SHIPPED_WEIGHTS, name: str | None = None,
+    check_architecture: Callable[[AutoencoderConfig, EnergyConfig], None] | None = None,
+) -> tuple[LatentEBM, dict]:
     """Load a weights file from disk; see `model_from_bytes`. Messages call it `name` (default: its path)."""
     path = Path(path)
     name = str(path) if name is None else name
     if not path.is_file():
         raise WeightsError(f"weights file {name} does not exist")
-    return model_from_bytes(path.read_bytes(), name=name)
+    return model_from_bytes(path.read_bytes(), name=name, check_architecture=check_architecture)

@@ -33,7 +33,7 @@ from safetensors.torch import save as save_tensors
 from ebm import cli, landscape
 from ebm.checkpoint import (
     WeightsError,
-    _read_metadata,
+    _read_header,
     load_model,
     model_from_bytes,
     model_to_bytes,
@@ -432,7 +432,7 @@ def test_any_truncation_of_a_valid_file_raises_weights_error(weights_bytes, data
 
 
 def _tensors_and_metadata(weights_bytes: bytes) -> tuple[dict, dict]:
-    return dict(load_tensors(weights_bytes)), _read_metadata(weights_bytes)
+    return dict(load_tensors(weights_bytes)), _read_header(weights_bytes, "weights")[0]
 
 
 @FAST
