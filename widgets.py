@@ -34,10 +34,10 @@ import torch
 from ebm import jobs, runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
 from ebm.data import DatasetError, default_data_dir, load_binarized
-from ebm.generate import SampleSettings
+from ebm.generate import SampleSettings, sampling_problem
 from ebm.images import image_grid
-from ebm.landscape import Marginals, marginal_densities
-from ebm.limits import check_request_size
+from ebm.landscape import Marginals, grid_resolution, marginal_densities
+from ebm.limits import check_app_architecture, check_request_size, energy_step_macs
 from ebm.models import LatentEBM
 from ebm.render import SampleView, sample_view
 from ebm.scheduler import QUEUED, Scheduler, Work
@@ -53,6 +53,7 @@ SHIPPED = "shipped"
 UPLOAD_PREFIX = "upload:"
 DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 ECHO_LIMIT = 40  # characters of a URL value or a name shown back
+MAX_SESSION_UPLOADS = 3  # uploaded models a session keeps (each up to server.maxUploadSize); older ones are dropped
 MESSAGE_LIMIT = 400  # characters of an error message that quotes one
 _ASCII_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 _ADDRESS_START = re.compile(r"(?i)(https?(?=:)|www(?=\.)|(?=@))")  # where GFM starts a link in plain text
@@ -275,12 +276,17 @@ class LoadedModel:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
 def _load_file_model(path: str, mtime_ns: int, name: str) -> tuple[LatentEBM, dict]:
-    return load_model(path, name=name)
+    return load_model(path, name=name, check_architecture=check_app_architecture)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading model…")
 def _load_upload_model(digest: str, _data: bytes, name: str) -> tuple[LatentEBM, dict]:
-    return model_from_bytes(_data, name=name)
+    return model_from_bytes(_data, name=name, check_architecture=check_app_architecture)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Checking the model…")
+def _sampling_problem(key: tuple, _model: LatentEBM) -> str | None:
+    return sampling_problem(_model)
 
 
 def load_file_model(path: str | Path, name: str | None = None) -> LoadedModel:
@@ -306,12 +312,16 @@ def _on_upload() -> None:
     data = file.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     try:
-        model_from_bytes(data, name=file.name)
+        _load_upload_model(digest, data, file.name)  # checked once, and cached for the pages that use it
     except WeightsError as e:
         st.session_state["upload_error"] = str(e)
         return
     st.session_state.pop("upload_error", None)
-    st.session_state.setdefault("uploads", {})[digest] = (file.name, data)
+    uploads = st.session_state.setdefault("uploads", {})
+    uploads.pop(digest, None)
+    uploads[digest] = (file.name, data)  # the newest last
+    while len(uploads) > MAX_SESSION_UPLOADS:
+        del uploads[next(iter(uploads))]
     st.session_state["model_choice"] = UPLOAD_PREFIX + digest
 
 
@@ -380,6 +390,9 @@ def model_picker() -> LoadedModel:
         st.sidebar.error(f"Could not load {echo(label(choice), MESSAGE_LIMIT)}: {server_message(problem)}. "
                          "Using the shipped model.")
         loaded = shipped_model()
+    unusable = _sampling_problem(loaded.key, loaded.model)
+    if unusable is not None:
+        st.sidebar.warning(f"This model loads, but {unusable}: try another.", icon=":material/warning:")
     if loaded.choice.startswith(UPLOAD_PREFIX):
         st.query_params.pop("model", None)
     elif st.query_params.get("model") != loaded.choice:
@@ -483,7 +496,7 @@ def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes
     Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
     """
     s = settings.validate()
-    check_request_size(s.num_chains, s.num_steps)  # refused before it is queued
+    check_request_size(s.num_chains, s.num_steps, energy_step_macs(loaded.model.energy.config))  # refused before it is queued
     codes = data_codes if s.start == "data" else None
     data_key = str(default_data_dir().resolve()) if codes is not None else None  # the start codes come from there
     key = ("sample", loaded.key, tuple(sorted(s.as_dict().items())), data_key)
@@ -492,8 +505,9 @@ def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes
 
 def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
     """The model's marginal densities and log Z by grid quadrature (about a second), through the scheduler."""
-    return scheduled(("marginals", loaded.key, extent), lambda should_stop: marginal_densities(loaded.model, extent=extent),
-                     0, "Integrating exp(-E) over the grid")
+    return scheduled(("marginals", loaded.key, extent),
+                     lambda should_stop: marginal_densities(loaded.model, extent=extent, should_stop=should_stop),
+                     grid_resolution(loaded.model.latent_dim), "Integrating exp(-E) over the grid")
 
 
 # ---- pictures -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from .data import DatasetError, load_binarized
 from .diagnostics import effective_sample_size, marginal_w1, marginal_w1_noise, split_rhat
 from .generate import SampleSettings, decode_binary, sample_chains
 from .sampling import ChainResult
+from .scheduler import Cancelled
 
 Energy = Callable[[torch.Tensor], torch.Tensor]  # (N, d) codes -> (N,) energies
 
@@ -84,12 +85,14 @@ def code_box(codes: torch.Tensor | np.ndarray, margin: float) -> tuple[np.ndarra
 
 
 @torch.no_grad()
-def grid_quadrature(energy: Energy, lo, hi, resolution: int = GRID_RESOLUTION, chunk: int = 65_536) -> GridQuadrature:
+def grid_quadrature(energy: Energy, lo, hi, resolution: int = GRID_RESOLUTION, chunk: int = 65_536,
+                    should_stop: Callable[[int], bool] | None = None) -> GridQuadrature:
     """log of the integral of exp(-E) over the box [lo, hi] on a resolution^d midpoint grid.
 
     The grid is swept one slice of axis 0 at a time (resolution^(d-1) points), so memory stays
     small; each slice's log-sum-exp is accumulated in float64, and so are the 1-D marginals
-    (log-sum-exp over all other axes).
+    (log-sum-exp over all other axes). `should_stop(slices_done)` is asked after every slice;
+    when it says True, `ebm.scheduler.Cancelled` is raised (a server's visitor left).
     """
     start = time.perf_counter()
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
@@ -112,6 +115,8 @@ def grid_quadrature(energy: Energy, lo, hi, resolution: int = GRID_RESOLUTION, c
         for k in range(1, d):
             others = tuple(j for j in range(d - 1) if j != k - 1)
             marginals[k] = torch.logaddexp(marginals[k], torch.logsumexp(cube, others) if others else cube)
+        if should_stop is not None and should_stop(i + 1):
+            raise Cancelled(f"grid quadrature stopped after {i + 1} of {n} slices")
     total = torch.logsumexp(marginals[0], 0).item()
     return GridQuadrature(
         log_z=total + float(np.log(width).sum()), lo=lo, hi=hi, resolution=n,

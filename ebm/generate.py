@@ -87,3 +87,30 @@ def chain_frames(model: LatentEBM, trajectory: torch.Tensor, ncols: int | None =
     ncols = ncols or math.ceil(math.sqrt(n))
     images = decode_binary(model, trajectory.reshape(-1, trajectory.shape[-1])).reshape(len(trajectory), n, -1)
     return [image_grid(frame, ncols, scale=scale) for frame in images]
+
+
+CHECKUP = SampleSettings(num_steps=100, num_chains=32, record_every=100)
+"""A quick sample at the default step size (32 chains × 100 MALA steps), to catch weights that
+load but sample nothing sensible."""
+
+MIN_CHECKUP_ACCEPTANCE = 0.05
+"""A well-trained model accepts about half its MALA steps at the default ε; below this the chains are stuck."""
+
+
+def sampling_problem(model: LatentEBM) -> str | None:
+    """What is wrong with the model's samples at default settings, as one sentence; None when nothing is.
+
+    Weights can be valid tensors of the right shapes and still be nonsense (finite garbage, a
+    diverged or barely trained run): their chains do not move, or decode to blank or solid images.
+    """
+    result = sample_chains(model, CHECKUP)
+    if not (torch.isfinite(result.energies).all() and torch.isfinite(result.state.position).all()):
+        return "its energy is not finite where the chains go"
+    acceptance = float(result.acceptance.mean())
+    if acceptance < MIN_CHECKUP_ACCEPTANCE:
+        return (f"its chains barely move at the default settings (MALA acceptance {acceptance:.1%}), "
+                "so its samples stay where they started")
+    ink = float(decode_binary(model, result.state.position).mean())
+    if not 0.005 <= ink <= 0.9:
+        return f"its samples decode to {'blank' if ink < 0.005 else 'solid'} images ({ink:.1%} of pixels on)"
+    return None

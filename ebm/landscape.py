@@ -14,7 +14,7 @@ accept a `LatentEBM` or a bare `EnergyNet`, and return numpy arrays ready to plo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,13 +189,15 @@ def grid_resolution(d: int, max_points: int = MAX_GRID_POINTS, cap: int = 32) ->
 
 
 @torch.no_grad()
-def marginal_densities(model: LatentEBM | EnergyNet, extent: float = 5.0, resolution: int | None = None) -> Marginals:
+def marginal_densities(model: LatentEBM | EnergyNet, extent: float = 5.0, resolution: int | None = None,
+                       should_stop: Callable[[int], bool] | None = None) -> Marginals:
     """p_i(z_i) for each dim and log Z, from the evaluation's midpoint-grid quadrature.
 
     The grid has `resolution` cells per dim on [-extent, extent] (default: as fine as
     MAX_GRID_POINTS allows, at most 32; on the shipped model log Z then agrees with a 40⁴ grid
     to 1e-4). Mass outside the box is ignored: standardized data codes lie within a few
-    units of 0, and beyond them the Gaussian tilt makes exp(-E) vanish.
+    units of 0, and beyond them the Gaussian tilt makes exp(-E) vanish. `should_stop` is
+    `grid_quadrature`'s: asked after each of the `resolution` slices.
     """
     d = _latent_dim(model)
     resolution = grid_resolution(d) if resolution is None else resolution
@@ -205,7 +207,7 @@ def marginal_densities(model: LatentEBM | EnergyNet, extent: float = 5.0, resolu
         raise ValueError(
             f"a {n}^{d} grid has {n**d:,} points, above the cap of {MAX_GRID_POINTS:,}; use resolution <= {grid_resolution(d)}"
         )
-    grid = grid_quadrature(lambda codes: energies(model, codes), [-extent] * d, [extent] * d, n)
+    grid = grid_quadrature(lambda codes: energies(model, codes), [-extent] * d, [extent] * d, n, should_stop=should_stop)
     width = 2 * extent / n
     centres = -extent + (np.arange(n) + 0.5) * width
     return Marginals(centres, grid.marginal_log_mass - math.log(width), grid.log_z, float(extent), n)

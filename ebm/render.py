@@ -17,7 +17,7 @@ import torch
 
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
-from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, frame_indices
+from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, energy_step_macs, frame_indices
 from .models import LatentEBM
 from .sampling import ChainResult
 from .scheduler import Cancelled
@@ -103,7 +103,7 @@ def sample_view(
     `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
     """
     settings.validate()
-    check_request_size(settings.num_chains, settings.num_steps)
+    check_request_size(settings.num_chains, settings.num_steps, energy_step_macs(model.energy.config))
     sync_torch_threads()  # callers are often threads other than the one that configured torch
     stopped = []
 

@@ -212,6 +212,53 @@ def test_a_good_upload_is_selected():
     assert any(c.startswith("64 samples") for c in image_captions(at))
 
 
+def test_a_session_keeps_its_last_three_uploads():
+    shipped, meta = load_model(SHIPPED_WEIGHTS)
+    at = open_page("pages/sample.py", {"K": "5", "chains": "4"})
+    for n in range(4):  # four distinct valid files
+        at.file_uploader(key="model_upload").upload(f"m{n}.safetensors", model_to_bytes(shipped, {**meta, "copy": n})).run()
+        assert not at.exception and not at.sidebar.error
+    options = at.selectbox(key="model_choice").options
+    assert [o for o in options if o.startswith("Uploaded")] == [f"Uploaded: m{n}.safetensors" for n in (1, 2, 3)]
+    assert at.selectbox(key="model_choice").value == at.session_state["model_choice"]
+    assert len(at.session_state["uploads"]) == 3
+
+
+def test_an_upload_too_large_for_the_app_is_refused_and_a_costly_one_gets_smaller_requests():
+    from ebm.models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+
+    def model_bytes(energy: EnergyConfig) -> bytes:
+        torch.manual_seed(0)
+        model = LatentEBM(Autoencoder(AutoencoderConfig(64, 4)), EnergyNet(energy), torch.zeros(4), torch.ones(4))
+        return model_to_bytes(model, {"dataset": "mnist", "threshold": 0.5})
+
+    at = open_page("pages/sample.py", {"chains": "1024", "K": "1950"})
+    at.file_uploader(key="model_upload").upload("wide.safetensors", model_bytes(EnergyConfig(4, 1024, 2))).run()
+    assert not at.exception
+    assert any("wide.safetensors is too large for this app" in plain(e.value) and "56x the shipped net" in plain(e.value)
+               for e in at.sidebar.error)
+    assert at.selectbox(key="model_choice").value == "shipped"
+    at.file_uploader(key="model_upload").upload("costly.safetensors", model_bytes(EnergyConfig(4, 256, 4))).run()
+    assert not at.exception and not at.sidebar.error
+    assert at.selectbox(key="model_choice").value.startswith("upload:")
+    assert any("10.5x the shipped one per step" in w.value for w in at.warning)  # 1024 × 1950 fit only the shipped net
+    assert not image_captions(at)
+
+
+def test_weights_of_finite_garbage_are_flagged_in_the_picker():
+    shipped, meta = load_model(SHIPPED_WEIGHTS)
+    gen = torch.Generator().manual_seed(0)
+    garbage = {k: v if k == "code_std" else 50 * torch.randn(v.shape, generator=gen) for k, v in shipped.state_dict().items()}
+    shipped.load_state_dict(garbage)
+    at = open_page("pages/sample.py", {"K": "5", "chains": "4"})
+    assert not at.sidebar.warning  # the shipped model is fine
+    at.file_uploader(key="model_upload").upload("noise.safetensors", model_to_bytes(shipped, meta)).run()
+    assert not at.exception and at.selectbox(key="model_choice").value.startswith("upload:")
+    assert [w.value for w in at.sidebar.warning] == [
+        "This model loads, but its chains barely move at the default settings (MALA acceptance 0.0%), "
+        "so its samples stay where they started: try another."]
+
+
 def test_unknown_model_in_the_url_falls_back_to_shipped():
     at = open_page("pages/sample.py", {"model": "no-such-run"})
     assert [plain(w.value) for w in at.sidebar.warning] == ["The model no-such-run from the link was not found; using the shipped model"]

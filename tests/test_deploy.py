@@ -221,3 +221,15 @@ def test_front_matter_parser():
     assert _front_matter(text) == {"title": "mnist-ebm", "sdk": "docker", "app_port": "8501", "tags": ""}
     assert _front_matter("# no front matter\nsdk: docker\n") == {}
     assert _front_matter("---\nsdk: docker\n") == {}
+
+
+def test_streamlit_config_caps_uploads_at_what_the_largest_served_model_needs():
+    import tomllib
+
+    from ebm.checkpoint import MAX_HEADER_BYTES
+    from ebm.limits import MAX_APP_PARAMETERS
+
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    largest_file = MAX_APP_PARAMETERS * 4 + 8 + MAX_HEADER_BYTES  # float32 tensors, the length, the header
+    assert largest_file <= config["server"]["maxUploadSize"] * 2**20 < 2 * largest_file
+    assert config["runner"]["postScriptGC"] is False and config["client"]["toolbarMode"] == "viewer"

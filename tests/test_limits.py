@@ -1,0 +1,146 @@
+"""What one visitor can make the server spend: request and model budgets, and weights judged by their header.
+
+The budgets are counted in multiply-adds from the architecture (`ebm.limits`), so they hold
+for any uploaded model; a weights file's header (format, architecture, tensor names and
+shapes) is checked before a tensor is read or a module allocated (`ebm.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from ebm.checkpoint import MAX_HEADER_BYTES, WeightsError, model_from_bytes, model_to_bytes
+from ebm.landscape import marginal_densities
+from ebm.limits import (
+    MAX_APP_PARAMETERS,
+    MAX_APP_STEP_MACS,
+    MAX_CHAIN_STEPS,
+    REFERENCE_STEP_MACS,
+    ModelTooLarge,
+    RequestTooLarge,
+    check_app_architecture,
+    check_request_size,
+    energy_step_macs,
+    parameter_count,
+)
+from ebm.models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+from ebm.scheduler import Cancelled
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def header_only(autoencoder: dict, energy: dict) -> bytes:
+    """A safetensors file with mnist-ebm metadata and no tensors at all: a few hundred bytes."""
+    header = json.dumps({"__metadata__": {"format": "mnist-ebm/1", "autoencoder": json.dumps(autoencoder),
+                                          "energy": json.dumps(energy)}}).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
+WIDEST = ({"hidden_dim": 4096, "latent_dim": 4}, {"latent_dim": 4, "hidden_dim": 4096, "num_layers": 16, "tilt_sigma": 3.0})
+
+
+def test_a_step_costs_what_the_layers_multiply():
+    assert REFERENCE_STEP_MACS == 2 * (4 * 96 + 96 * 96 + 96 * 96 + 96)  # the shipped net, forward and backward
+    assert energy_step_macs(EnergyConfig(4, 256, 4)) == 2 * (4 * 256 + 3 * 256 * 256 + 256)
+    assert parameter_count(AutoencoderConfig(), EnergyConfig()) == sum(
+        t.numel() for t in LatentEBM(Autoencoder(AutoencoderConfig()), EnergyNet(EnergyConfig()),
+                                     torch.zeros(4), torch.ones(4)).state_dict().values())
+
+
+def test_a_request_on_a_costlier_net_gets_proportionally_fewer_chain_steps():
+    assert check_request_size(1000, MAX_CHAIN_STEPS // 1000) == MAX_CHAIN_STEPS  # the shipped net: the chain-step cap
+    heavy = 8 * REFERENCE_STEP_MACS
+    check_request_size(1000, MAX_CHAIN_STEPS // 8000, heavy)
+    with pytest.raises(RequestTooLarge, match=r"8\.0x the shipped one per step.*fits 250,000 chain-steps"):
+        check_request_size(1000, MAX_CHAIN_STEPS // 8000 + 1, heavy)
+    with pytest.raises(RequestTooLarge, match="chain-steps is above the cap"):  # a cheaper net does not lift the cap
+        check_request_size(1000, MAX_CHAIN_STEPS // 1000 + 1, REFERENCE_STEP_MACS // 4)
+
+
+def test_the_app_serves_models_up_to_its_budgets_and_names_the_one_exceeded():
+    check_app_architecture(AutoencoderConfig(), EnergyConfig())
+    check_app_architecture(AutoencoderConfig(2048, 4), EnergyConfig(4, 256, 4))  # the Train form's widest
+    with pytest.raises(ModelTooLarge, match=r"costs 31,467,520 multiply-adds per step, 832x the shipped net"):
+        check_app_architecture(AutoencoderConfig(), EnergyConfig(4, 1024, 16))
+    with pytest.raises(ModelTooLarge, match=f"parameters; the app serves at most {MAX_APP_PARAMETERS:,}"):
+        check_app_architecture(AutoencoderConfig(4096, 4), EnergyConfig())
+    assert energy_step_macs(EnergyConfig(4, 1024, 16)) > MAX_APP_STEP_MACS
+
+
+def test_an_oversized_architecture_is_refused_from_the_header_alone():
+    with pytest.raises(WeightsError, match=r"^up\.safetensors is too large for this app: its energy net \(16 hidden layers of 4096\)"):
+        model_from_bytes(header_only(*WIDEST), name="up.safetensors", check_architecture=check_app_architecture)
+
+
+def test_a_header_declaring_the_widest_model_without_tensors_is_refused_in_bounded_memory():
+    """Before the header-first check this built the declared model (about 1.3 GB) to find it had no tensors."""
+    script = textwrap.dedent(f"""
+        import json, resource, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from ebm.checkpoint import WeightsError, model_from_bytes
+        data = bytes.fromhex({header_only(*WIDEST).hex()!r})
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            model_from_bytes(data, name="bomb")
+            message = None
+        except WeightsError as e:
+            message = str(e)
+        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        print(json.dumps({{"grew_kb": grew, "message": message, "size": len(data)}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["size"] < 400
+    assert result["message"].startswith("bomb: tensors do not match the architecture; missing [")
+    assert result["grew_kb"] < 100 * 1024, result  # peak RSS grew by less than 100 MB
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"\x07", "header length is missing"),
+    ((10**9).to_bytes(8, "little") + b"{}", "past the end of the file"),
+    ((MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b" " * (MAX_HEADER_BYTES + 1), f"above {MAX_HEADER_BYTES:,} bytes"),
+    ((5).to_bytes(8, "little") + b"[1,2]", "header is not what safetensors writes"),
+    ((7).to_bytes(8, "little") + b'{"x":1}', "header is not what safetensors writes"),
+])
+def test_a_malformed_header_is_refused_in_one_sentence(data, match):
+    with pytest.raises(WeightsError, match=match):
+        model_from_bytes(data, name="f")
+
+
+def test_integer_tensors_are_refused(tiny_model):
+    model, _ = tiny_model
+    data = model_to_bytes(model)
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    from safetensors.torch import save as save_tensors
+
+    tensors = {k: v.clone() for k, v in model.state_dict().items()}
+    tensors["code_std"] = torch.ones(model.latent_dim, dtype=torch.int32)
+    with pytest.raises(WeightsError, match="'code_std' holds torch.int32, not floating-point numbers"):
+        model_from_bytes(save_tensors(tensors, metadata=header["__metadata__"]))
+
+
+def test_a_loaded_model_is_the_saved_one(tiny_model):
+    model, _ = tiny_model
+    loaded, _ = model_from_bytes(model_to_bytes(model))
+    assert all(p.device.type == "cpu" and p.requires_grad for p in loaded.parameters())
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_the_grid_quadrature_stops_when_asked(tiny_model):
+    asked = []
+
+    def stop_after_three(slices_done: int) -> bool:
+        asked.append(slices_done)
+        return slices_done == 3
+
+    with pytest.raises(Cancelled, match="after 3 of 8 slices"):
+        marginal_densities(tiny_model[0], resolution=8, should_stop=stop_after_three)
+    assert asked == [1, 2, 3]
