@@ -256,6 +256,25 @@ def device_picker(key: str = "device") -> str:
     return st.selectbox("Device", options, key=key, help="Training runs on this device; CUDA is listed only when available")
 
 
+def plural(n: int, word: str) -> str:
+    """'1 chain', '64 chains', '1,024 chains'."""
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def run_summary(run: runs_mod.RunInfo) -> str:
+    """'MNIST · 12 epochs, 1,550 of 5,000 iterations · stopped early': what a run was trained for."""
+    parts = []
+    for word, (done, planned) in run.trained().items():
+        if planned is None:
+            parts.append(f"? {word}")
+        elif done == planned:
+            parts.append(plural(planned, word[:-1]))
+        else:
+            parts.append(f"{'?' if done is None else f'{done:,}'} of {plural(planned, word[:-1])}")
+    stopped = " · stopped early" if run.extra.get("stopped_early") else ""
+    return f"{echo(DATASET_LABELS.get(run.dataset, run.dataset))} · {', '.join(parts)}{stopped}"
+
+
 # ---- models -------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
@@ -357,10 +376,7 @@ def model_picker() -> LoadedModel:
         choice = st.selectbox("Model", options, format_func=label, key="model_choice", persist_state="session",
                               help="The shipped weights, runs trained on the Train page (saved under runs/), or your own file")
         if choice in runs:
-            run = runs[choice]
-            cfg = run.extra.get("train_config", {})
-            st.caption(f"{echo(DATASET_LABELS.get(run.dataset, run.dataset))} · {cfg.get('ae_epochs', '?')} epochs, "
-                       f"{cfg.get('ebm_iterations', '?')} iterations" + (" · stopped early" if run.extra.get("stopped_early") else ""))
+            st.caption(run_summary(runs[choice]))
         with st.expander("Use your own weights"):
             st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload", on_change=_on_upload,
                              help="A file saved by this app or `python -m ebm train`")
@@ -419,14 +435,23 @@ def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str =
     try:
         return _dataset(name, split, threshold, False)
     except DatasetError as e:
-        st.info(f"The {DATASET_LABELS.get(name, name)} {split} set is not available here, so this part is skipped. "
-                f"({server_message(e)})")
-        if st.button(f"Download {DATASET_LABELS.get(name, name)}", key=f"{key}_{name}_{split}"):
+        label = DATASET_LABELS.get(name, name)
+        box = st.empty()  # the message and its button, cleared once the download has worked
+        with box.container():
+            st.info(f"This part needs the {label} {split} set, which is not on this server yet: "
+                    "download it (about a minute), or skip this part.", icon=":material/download:")
+            with st.expander("Details"):
+                st.caption(server_message(e))
+            download = st.button(f"Download {label}", key=f"{key}_{name}_{split}")
+        if download:
             try:
                 with st.spinner("Downloading…"):
-                    return _dataset(name, split, threshold, True)
+                    data = _dataset(name, split, threshold, True)
             except DatasetError as e2:
                 st.error(f"Download failed: {server_message(e2)}")
+            else:
+                box.empty()
+                return data
         return None
 
 
@@ -508,6 +533,23 @@ def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
     return scheduled(("marginals", loaded.key, extent),
                      lambda should_stop: marginal_densities(loaded.model, extent=extent, should_stop=should_stop),
                      grid_resolution(loaded.model.latent_dim), "Integrating exp(-E) over the grid")
+
+
+# ---- charts -------------------------------------------------------------------------------------
+_THEME_PLACEHOLDER = re.compile(r"#0000([0-3][0-9]|40)", re.IGNORECASE)
+
+
+def colorscale(name: str) -> list[list]:
+    """Plotly's named colour scale as explicit stops, safe from Streamlit's chart theme.
+
+    The theme sends colours #000001-#000040 as placeholders that the browser swaps for theme
+    colours, and Magma starts at #000004: zero density was drawn pink. Such stops get a red
+    channel of 01, which no eye can tell from the original.
+    """
+    import plotly.colors
+
+    return [[position, _THEME_PLACEHOLDER.sub(lambda m: "#0100" + m.group(1), colour)]
+            for position, colour in plotly.colors.get_colorscale(name)]
 
 
 # ---- pictures -----------------------------------------------------------------------------------

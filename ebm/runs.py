@@ -155,6 +155,24 @@ class RunInfo:
     def history_path(self) -> Path:
         return self.path.parent / HISTORY_NAME
 
+    def trained(self) -> dict[str, tuple[int | None, int | None]]:
+        """{"epochs": (done, planned), "iterations": (done, planned)}: a stopped run did fewer than planned.
+
+        From the metadata's train_config and stages_done; None where the file does not say.
+        """
+        cfg = self.extra.get("train_config") or {}
+        done = self.extra.get("stages_done") or {}
+        counts = {}
+        for key, field_name, stage in (("epochs", "ae_epochs", "autoencoder"), ("iterations", "ebm_iterations", "energy")):
+            planned = cfg.get(field_name)
+            planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
+            fraction = done.get(stage)
+            if planned is not None and isinstance(fraction, (int, float)) and 0 <= fraction <= 1:
+                counts[key] = (round(fraction * planned), planned)
+            else:
+                counts[key] = (planned if not self.extra.get("stopped_early") else None, planned)
+        return counts
+
 
 def read_extra(path: str | Path) -> dict | None:
     """The `extra` metadata of a weights file from its header only; None if not an mnist-ebm file."""

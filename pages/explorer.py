@@ -80,7 +80,7 @@ if show_paths:
 
 # ---- the slice map, with the traces it is clickable through ----------------------------------
 fig = go.Figure()
-fig.add_heatmap(x=sl.x, y=sl.y, z=z_values, colorscale="Viridis" if view_kind == "energy" else "Magma",
+fig.add_heatmap(x=sl.x, y=sl.y, z=z_values, colorscale=widgets.colorscale("Viridis" if view_kind == "energy" else "Magma"),
                 colorbar=dict(title="E" if view_kind == "energy" else "p", len=0.8), hoverinfo="skip", name="slice")
 fig.add_contour(x=sl.x, y=sl.y, z=sl.energy, contours=dict(coloring="lines", showlabels=False), ncontours=15,
                 line=dict(width=0.6, color="rgba(255,255,255,0.45)"), showscale=False, hoverinfo="skip", name="contours")
@@ -98,6 +98,7 @@ if show_codes and codes is not None:
         code_traces[len(fig.data)] = idx
         fig.add_scatter(x=codes[idx, i], y=codes[idx, j], mode="markers", name=str(label),
                         marker=dict(size=5, color=qualitative.Plotly[label % 10], opacity=0.85, line=dict(width=0)),
+                        unselected=dict(marker=dict(opacity=0.85)),  # a click selects one point: keep the others as they were
                         customdata=idx, hovertemplate="test #%{customdata}, label " + str(label) + "<extra></extra>")
 if paths_view is not None:
     for c in range(paths_view.paths.shape[1]):
@@ -109,7 +110,7 @@ if paths_view is not None:
                         hoverinfo="skip", showlegend=False, legendgroup="paths")
 fig.update_layout(height=560, margin=dict(l=10, r=10, t=30, b=10),
                   xaxis=dict(title=f"z{i}", range=[-EXTENT, EXTENT], constrain="domain"),
-                  yaxis=dict(title=f"z{j}", range=[-EXTENT, EXTENT], scaleanchor="x"),
+                  yaxis=dict(title=f"z{j}", range=[-EXTENT, EXTENT], scaleanchor="x", constrain="domain"),
                   legend=dict(title="digit", orientation="h", y=-0.12), title=f"Slice z{i} × z{j}")
 
 with plot_col:
@@ -117,7 +118,7 @@ with plot_col:
     with tab_map:
         event = st.plotly_chart(fig, key=f"slice_{pair}", on_select="rerun", selection_mode=("points", "box"))
     with tab_surface:
-        surface = go.Figure(go.Surface(x=sl.x, y=sl.y, z=z_values, colorscale="Viridis" if view_kind == "energy" else "Magma",
+        surface = go.Figure(go.Surface(x=sl.x, y=sl.y, z=z_values, colorscale=widgets.colorscale("Viridis" if view_kind == "energy" else "Magma"),
                                        showscale=False))
         surface.update_layout(height=560, margin=dict(l=0, r=0, t=30, b=0),
                               scene=dict(xaxis_title=f"z{i}", yaxis_title=f"z{j}",

@@ -21,12 +21,22 @@ PARAMS = [
 ]
 P = {p.name: p for p in PARAMS}
 DATA_CODES_LIMIT = 10_000
+CHAIN_GREY = "rgba(128, 128, 128, 0.4)"  # the energy chart reads on light and dark themes alike
+MEAN_RED = "#e0303b"
 
 loaded = widgets.model_picker()
 url_messages = widgets.url_to_state(PARAMS, "sample")
 
 st.title("Sample digits")
 widgets.show_url_messages(url_messages)
+data_codes = None
+if st.session_state.get("s_start") == "data":  # before the widgets: without the data, the page (and URL) say noise
+    found = widgets.data_codes(loaded, "train", DATA_CODES_LIMIT)
+    if found is None:
+        st.session_state["s_start"] = "noise"
+        st.info("Starting from noise instead: random data codes need the training set.")
+    else:
+        data_codes = found[0]
 
 controls, output = st.columns([1, 2.4], gap="large")
 with controls:
@@ -46,14 +56,6 @@ s = st.session_state
 settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps), num_chains=int(s.s_chains),
                           record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
 with output:
-    data_codes = None
-    if settings.start == "data":
-        found = widgets.data_codes(loaded, "train", DATA_CODES_LIMIT)
-        if found is None:
-            st.info("Starting from noise instead of data codes.")
-            settings.start = "noise"
-        else:
-            data_codes = found[0]
     try:
         view = widgets.cached_sample_view(loaded, settings, data_codes)
     except RequestTooLarge as e:
@@ -65,12 +67,12 @@ with output:
 
     anim, final = st.columns(2)
     with anim:
-        shown = f"{view.gif_chains} chains" if view.gif_chains == view.num_chains else f"the first {view.gif_chains} chains"
-        st.image(view.gif, caption=f"{shown} over {view.steps_done} steps ({view.gif_frames} frames)",
+        shown = widgets.plural(view.gif_chains, "chain") if view.gif_chains == view.num_chains else f"the first {view.gif_chains} chains"
+        st.image(view.gif, caption=f"{shown} over {widgets.plural(view.steps_done, 'step')} ({widgets.plural(view.gif_frames, 'frame')})",
                  width="stretch")
         st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
     with final:
-        st.image(view.png, caption=f"{view.num_chains} samples after step {view.steps_done}", width="stretch",
+        st.image(view.png, caption=f"{widgets.plural(view.num_chains, 'sample')} after step {view.steps_done}", width="stretch",
                  output_format="PNG")  # Streamlit would re-encode it as a JPEG: blurred binary digits
         st.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png", on_click="ignore")
 
@@ -78,10 +80,10 @@ with output:
     with traces:
         fig = go.Figure()
         for c in range(view.energy_traces.shape[1]):
-            fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1),
-                            opacity=0.45, name=f"chain {c}", showlegend=False)
-        fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color="black"),
-                        name=f"mean of {view.num_chains} chains")
+            fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1, color=CHAIN_GREY),
+                            name=f"chain {c}", showlegend=False)
+        fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color=MEAN_RED),
+                        name=f"mean of {widgets.plural(view.num_chains, 'chain')}")
         fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=320,
                           margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
         st.plotly_chart(fig, key="energy_traces")

@@ -175,6 +175,12 @@ def test_sample_settings_come_from_the_url_and_bad_values_are_handled():
     assert not at.exception and not at.warning and at.query_params["chains"] == "8"
 
 
+def test_one_chain_one_step_reads_in_the_singular():
+    at = open_page("pages/sample.py", {"chains": "1", "K": "1", "every": "1"})
+    assert set(image_captions(at)) == {"1 chain over 1 step (2 frames)", "1 sample after step 1"}
+    assert {t.get("name") for t in plotly_spec(at, "energy_traces")["data"]} >= {"mean of 1 chain"}
+
+
 def test_sample_page_refuses_oversized_requests_clearly():
     at = open_page("pages/sample.py", {"chains": "1024", "K": "5000"})
     assert any("too large" in w.value and "K ≤ 1,953" in w.value for w in at.warning)
@@ -183,8 +189,9 @@ def test_sample_page_refuses_oversized_requests_clearly():
 
 def test_sample_from_data_codes_falls_back_without_data():
     at = open_page("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})
-    assert any("not available here" in i.value for i in at.info)
-    assert any("Starting from noise" in i.value for i in at.info)
+    assert any("needs the MNIST train set, which is not on this server yet" in i.value for i in at.info)
+    assert any("Starting from noise instead" in i.value for i in at.info)
+    assert at.query_params["start"] == "noise" and at.session_state["s_start"] == "noise"  # the URL says what ran
     assert any(c.startswith("4 samples") for c in image_captions(at))
 
 
@@ -259,6 +266,18 @@ def test_weights_of_finite_garbage_are_flagged_in_the_picker():
         "so its samples stay where they started: try another."]
 
 
+def test_a_stopped_run_is_listed_with_what_it_trained(environment):
+    config = {"ae_epochs": 12, "ebm_iterations": 5000}
+    save_run_with(environment / "runs", "stopped-run", {"dataset": "mnist", "train_config": config, "stopped_early": True,
+                                                         "stages_done": {"autoencoder": 1.0, "energy": 0.31}})
+    save_run_with(environment / "runs", "whole-run", {"dataset": "mnist", "train_config": {"ae_epochs": 1, "ebm_iterations": 10},
+                                                       "stages_done": {"autoencoder": 1.0, "energy": 1.0}})
+    at = open_page("pages/sample.py", {"model": "stopped-run", "K": "5", "chains": "4"})
+    assert [c.value for c in at.sidebar.caption][0] == "MNIST · 12 epochs, 1,550 of 5,000 iterations · stopped early"
+    at = open_page("pages/sample.py", {"model": "whole-run", "K": "5", "chains": "4"})
+    assert [c.value for c in at.sidebar.caption][0] == "MNIST · 1 epoch, 10 iterations"
+
+
 def test_unknown_model_in_the_url_falls_back_to_shipped():
     at = open_page("pages/sample.py", {"model": "no-such-run"})
     assert [plain(w.value) for w in at.sidebar.warning] == ["The model no-such-run from the link was not found; using the shipped model"]
@@ -313,7 +332,7 @@ def test_a_run_with_bad_metadata_shows_a_message_not_an_exception(environment, t
 # ---- explorer --------------------------------------------------------------------------------
 def test_explorer_without_test_data():
     at = open_page("pages/explorer.py")
-    assert any("not available here" in i.value for i in at.info)
+    assert any("needs the MNIST test set, which is not on this server yet" in i.value for i in at.info)
     spec = plotly_spec(at, "slice_0-1")
     assert {t.get("name") for t in spec["data"]} >= {"slice", "contours", "click"}
     assert not any(t.get("name") == "0" for t in spec["data"])  # no test-code scatter
