@@ -39,7 +39,7 @@ from ebm.images import image_grid
 from ebm.landscape import Marginals, grid_resolution, marginal_densities
 from ebm.limits import check_app_architecture, check_request_size, energy_step_macs
 from ebm.models import LatentEBM
-from ebm.render import SampleView, sample_view
+from ebm.render import BirthSettings, BirthView, SampleView, birth_view, sample_view
 from ebm.scheduler import QUEUED, Scheduler, Work
 from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads
 
@@ -533,6 +533,12 @@ def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
     return scheduled(("marginals", loaded.key, extent),
                      lambda should_stop: marginal_densities(loaded.model, extent=extent, should_stop=should_stop),
                      grid_resolution(loaded.model.latent_dim), "Integrating exp(-E) over the grid")
+
+
+def cached_birth_view(loaded: LoadedModel, settings: BirthSettings = BirthSettings()) -> BirthView:
+    """The Home page's animation of chains settling into digits, made once per model through the scheduler."""
+    return scheduled(("birth", loaded.key, settings), lambda should_stop: birth_view(loaded.model, settings, should_stop),
+                     settings.num_steps, "Letting the chains settle")
 
 
 # ---- charts -------------------------------------------------------------------------------------

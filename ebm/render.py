@@ -19,7 +19,7 @@ from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, energy_step_macs, frame_indices
 from .models import LatentEBM
-from .sampling import ChainResult
+from .sampling import ChainResult, build_sampler, run_chains
 from .scheduler import Cancelled
 from .threads import sync_torch_threads
 
@@ -117,3 +117,46 @@ def sample_view(
     if stopped:
         raise Cancelled(f"sampling stopped at step {stopped[0]} of {settings.num_steps}")
     return render_samples(model, result, settings)
+
+
+@dataclass(frozen=True)
+class BirthSettings:
+    """The Home page's animation: a few chains started far out, where codes decode to smudges, settling into digits."""
+
+    num_chains: int = 16  # a 4 x 4 grid: each digit big enough to follow
+    start_scale: float = 12.0  # starting codes ~ N(0, start_scale^2 I), far from the data (std 1): energy ~ 240
+    step_size: float = 0.15  # small MALA steps (~98% accepted): each frame differs a little from the last
+    num_steps: int = 300  # enough for the energy to fall to the data's level (~0)
+    record_every: int = 3  # 101 frames, 8 s at 80 ms each
+    seed: int = 3
+
+
+@dataclass
+class BirthView:
+    """The animation and the energy it follows."""
+
+    gif: bytes  # decoded pixel probabilities (gray), one frame per record
+    record_steps: list[int]
+    energies: np.ndarray  # (records, chains) energy at each recorded position
+    mean_acceptance: float
+
+
+def birth_view(model: LatentEBM, settings: BirthSettings = BirthSettings(),
+               should_stop: Callable[[int], bool] | None = None) -> BirthView:
+    """Run `settings`' chains from far out and animate them, decoded as probabilities: blur where the
+    decoder is unsure, sharp strokes once a chain has reached a digit. Raises `Cancelled` like `sample_view`."""
+    sync_torch_threads()
+    generator = torch.Generator().manual_seed(settings.seed)
+    start = settings.start_scale * torch.randn(settings.num_chains, model.latent_dim, generator=generator)
+    sampler = build_sampler("mala", model.sampling_energy(), settings.step_size, generator)
+    result = run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every, should_stop)
+    if result.energies.shape[0] < settings.num_steps:
+        raise Cancelled(f"stopped after {result.energies.shape[0]} of {settings.num_steps} steps")
+    records, chains, d = result.trajectory.shape
+    with torch.no_grad():
+        codes = result.trajectory.reshape(-1, d)
+        energies = model.energy(codes).reshape(records, chains).numpy()
+        probabilities = model.decode(codes).reshape(records, chains, -1)
+    ncols = math.ceil(math.sqrt(chains))
+    frames = [image_grid(p, ncols=ncols) for p in probabilities]
+    return BirthView(gif_bytes(frames), list(result.record_steps), energies, float(result.acceptance.mean()))

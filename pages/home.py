@@ -1,11 +1,23 @@
-"""Home: the idea in a few equations, and digits being born from noise."""
+"""Home: chains settling into digits as their energy falls, three first experiments, and the idea in a few equations."""
 
+import plotly.graph_objects as go
 import streamlit as st
 
 import widgets
-from ebm.generate import SampleSettings
+from ebm.render import BirthSettings
 
 widgets.ensure_router()
+
+BIRTH = BirthSettings()
+# Three first experiments, each a preset URL of another page.
+TRY_THIS = [
+    ("pages/sample.py", {"sampler": "ula", "eps": "1.2"}, "Too large a step: ULA, ε = 1.2",
+     ":material/blur_on:"),
+    ("pages/sample.py", {"chains": "1", "K": "3000", "every": "10"}, "One chain hopping between digits",
+     ":material/timeline:"),
+    ("pages/explorer.py", {"view": "density"}, "The density e⁻ᴱ, slice by slice",
+     ":material/explore:"),
+]
 
 st.title("Digits from an energy landscape")
 st.caption("An energy-based model of MNIST in the 4-D latent space of a small autoencoder, sampled by Langevin dynamics.")
@@ -14,15 +26,25 @@ demo, idea = st.columns([2, 3], gap="large")
 
 with demo:
     loaded = widgets.shipped_model()
-    settings = SampleSettings()  # the shared defaults: MALA, ε = 0.5, K = 500, 64 chains, from noise
-    view = widgets.cached_sample_view(loaded, settings)
-    st.image(view.gif, caption=f"{view.num_chains} chains started from noise, {view.steps_done} MALA steps "
-                               f"(ε = {settings.step_size}), decoded every {settings.record_every} steps",
-             width="stretch")
-    with st.expander("Final grid"):
-        st.image(view.png, caption="The same chains after the last step", width="stretch", output_format="PNG")
-    st.page_link("pages/sample.py", label="Make your own on the Sample page", icon=":material/auto_awesome:")
-    st.page_link("pages/explorer.py", label="Walk the landscape in the Latent explorer", icon=":material/explore:")
+    birth = widgets.cached_birth_view(loaded, BIRTH)
+    st.image(birth.gif, width="stretch",
+             caption=f"{BIRTH.num_chains} chains started far from the data (codes ~ N(0, {BIRTH.start_scale:g}² I)) "
+                     f"settle into digits: {BIRTH.num_steps} MALA steps of ε = {BIRTH.step_size}, "
+                     f"{birth.mean_acceptance:.0%} accepted, drawn as the decoder's pixel probabilities")
+    energy = go.Figure()
+    for chain in birth.energies.T:
+        energy.add_trace(go.Scatter(x=birth.record_steps, y=chain, mode="lines", hoverinfo="skip", showlegend=False,
+                                    line={"color": "rgba(128, 128, 128, 0.35)", "width": 1}))
+    energy.add_trace(go.Scatter(x=birth.record_steps, y=birth.energies.mean(axis=1), mode="lines", name="mean",
+                                line={"color": "#e0303b", "width": 2.5}))
+    energy.update_layout(height=220, margin={"l": 10, "r": 10, "t": 30, "b": 10}, showlegend=False,
+                         title={"text": "Energy of each chain (grey), mean (red)", "font": {"size": 14}},
+                         xaxis_title="MALA step", yaxis_title="E(z)")
+    st.plotly_chart(energy, width="stretch", config={"displayModeBar": False})
+
+    st.markdown("**Try this**: each link opens a page with its settings in the URL")
+    for page, query, label, icon in TRY_THIS:
+        st.page_link(page, label=label, icon=icon, query_params=query)
     st.page_link("pages/train.py", label="Train your own model", icon=":material/model_training:")
 
 with idea:

@@ -127,8 +127,18 @@ def test_home_explains_and_shows_digits():
     assert at.title[0].value.startswith("Digits from an energy landscape")
     latex = " ".join(l.value for l in at.latex)
     assert "Z_\\theta" in latex and "\\nabla_\\theta" in latex and "\\varepsilon" in latex and "\\min" in latex
-    assert any("64 chains started from noise" in c for c in image_captions(at))
-    assert len(at.image) >= 2  # the animation and the final grid
+    assert any("16 chains started far from the data" in c for c in image_captions(at))
+    (energy,) = at.get("plotly_chart")
+    assert "Energy of each chain" in energy.proto.spec
+    tries = {(link.proto.page, link.proto.query_string) for link in at.get("page_link")}
+    assert {("sample", "sampler=ula&eps=1.2"), ("sample", "chains=1&K=3000&every=10"), ("explorer", "view=density")} <= tries
+
+
+@pytest.mark.parametrize("query", ["sampler=ula&eps=1.2", "chains=1&K=3000&every=10"])
+def test_home_try_this_links_open_the_sample_page_with_their_settings(query):
+    at = open_page("pages/sample.py", dict(pair.split("=") for pair in query.split("&")))
+    assert not at.exception and not at.warning, [w.value for w in at.warning]
+    assert all(at.query_params[k] == v for k, v in (pair.split("=") for pair in query.split("&")))
 
 
 # ---- sample ----------------------------------------------------------------------------------

@@ -341,3 +341,21 @@ def test_cli_train_exits_non_zero_only_when_nothing_could_be_written(tmp_path, q
                               "and the temp folder could not be written either (No space left on device)")
     assert "the trained model is lost" in message and message.endswith("pick another place with --runs-dir")
     assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "runs").iterdir()) == []
+
+
+def test_home_animation_shows_chains_settling_into_digits():
+    """Frame by frame: far-out starts at high energy fall to the data's level, each frame a small change."""
+    from ebm.render import BirthSettings, birth_view
+
+    settings = BirthSettings()
+    model, _ = load_model()
+    view = birth_view(model, settings)
+    frames = iio.imread(view.gif, index=None).astype(float) / 255  # (frames, H, W) gray
+    assert len(frames) == len(view.record_steps) == settings.num_steps // settings.record_every + 1
+    mean_energy = view.energies.mean(axis=1)
+    assert mean_energy[0] > 100 and mean_energy[-1] < 5, mean_energy  # data codes sit near 0
+    assert np.all(np.diff(mean_energy[: len(mean_energy) // 2]) < 0)  # falling while the chains come in
+    changed = (np.abs(np.diff(frames, axis=0)) > 0.25).mean(axis=(1, 2))
+    assert np.median(changed) < 0.03, np.median(changed)  # smooth: the old Home GIF changed ~10% per frame
+    assert (np.abs(frames[-1] - frames[0]) > 0.25).mean() > 0.1  # yet the digits at the end are not the start's
+    assert view.mean_acceptance > 0.9
