@@ -4,6 +4,7 @@ import itertools
 import json
 import re
 import tempfile
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -359,3 +360,27 @@ def test_home_animation_shows_chains_settling_into_digits():
     assert np.median(changed) < 0.03, np.median(changed)  # smooth: the old Home GIF changed ~10% per frame
     assert (np.abs(frames[-1] - frames[0]) > 0.25).mean() > 0.1  # yet the digits at the end are not the start's
     assert view.mean_acceptance > 0.9
+
+
+def test_temp_files_of_killed_saves_are_cleaned_and_a_save_in_progress_is_kept(tiny_model, tmp_path):
+    """A `kill -9` mid-save leaves `.model.safetensors.*.tmp`: the next listing deletes it (and a
+    run folder left with nothing else), but not a fresh one that a live save is still writing."""
+    import os
+
+    from ebm import runs
+
+    kept = runs.save_run(model_to_bytes(tiny_model[0]), "mnist", runs_dir=tmp_path).parent
+    killed = tmp_path / "20260101-000000-mnist"
+    killed.mkdir()
+    stale = [kept / f".{runs.WEIGHTS_NAME}.a1.tmp", killed / f".{runs.WEIGHTS_NAME}.b2.tmp", tmp_path / ".x.c3.tmp"]
+    fresh = tmp_path / f"20260101-000001-mnist/.{runs.WEIGHTS_NAME}.d4.tmp"
+    fresh.parent.mkdir()
+    for tmp in [*stale, fresh]:
+        tmp.write_bytes(b"half a file")
+    old = time.time() - runs.STALE_TEMP_SECONDS - 60
+    for tmp in stale:
+        os.utime(tmp, (old, old))
+
+    assert [r.path.parent for r in runs.list_runs(tmp_path)] == [kept]
+    assert not any(t.exists() for t in stale) and not killed.exists()
+    assert fresh.exists() and (kept / runs.WEIGHTS_NAME).is_file()
