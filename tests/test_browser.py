@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -87,22 +88,18 @@ def _synthetic_mnist(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`streamlit run app.py` on a free port; yields its URL and stops it at the end.
+@contextmanager
+def streamlit_server(data: Path, runs: Path, log_path: Path, python_args: tuple[str, ...] = ("-m", "streamlit")):
+    """`streamlit run app.py` on a free port with these data and runs folders; yields its URL.
 
-    Data: $EBM_DATA_DIR when it holds MNIST, else a tiny synthetic MNIST-shaped set (so
-    training works offline). Runs go to a temporary folder, never into the checkout.
-    """
+    `python_args` start streamlit's command line: `-m streamlit`, or `-c CODE` that sets
+    something up in the server's process first (see `FAKE_DOWNLOAD`)."""
     port = _free_port()
-    runs = tmp_path_factory.mktemp("browser_runs")
-    data = _mnist_dir() or _synthetic_mnist(tmp_path_factory.mktemp("browser_data"))
     env = dict(os.environ, EBM_DATA_DIR=str(data), EBM_RUNS_DIR=str(runs), OMP_NUM_THREADS="1",
                PYTHONUNBUFFERED="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    log_path = tmp_path_factory.mktemp("browser_server") / "streamlit.log"
     with open(log_path, "w") as log:  # the server keeps its own copy of the file descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+            [sys.executable, *python_args, "run", "app.py", "--server.headless", "true", "--server.port", str(port),
              "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -123,7 +120,7 @@ def server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 continue
             pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        yield {"url": url, "runs": runs, "data": data, "log": log_path}
+        yield url
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and nothing else
@@ -132,6 +129,22 @@ def server(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The app's server for this module; yields its URL and folders.
+
+    Data: $EBM_DATA_DIR when it holds MNIST, else a tiny synthetic MNIST-shaped set (so
+    training works offline). Runs go to a temporary folder, never into the checkout.
+    """
+    runs = tmp_path_factory.mktemp("browser_runs")
+    data = _mnist_dir() or _synthetic_mnist(tmp_path_factory.mktemp("browser_data"))
+    log_path = tmp_path_factory.mktemp("browser_server") / "streamlit.log"
+    try:
+        with streamlit_server(data, runs, log_path) as url:
+            yield {"url": url, "runs": runs, "data": data, "log": log_path}
+    finally:
         if SHOTS.is_dir():
             shutil.copy(log_path, SHOTS / "streamlit.log")
 
@@ -393,6 +406,70 @@ def test_explorer_slice_selector_changes_the_figure(page, server):
     assert after["z"] != before["z"], "the energy slice did not change with the dims"
     assert "pair=2-3" in page.url, "the URL keeps the slice"
     assert_no_exception(page, "explorer after slice change")
+
+
+def test_explorer_density_draws_zero_density_dark(page, server):
+    """Magma's first colour, #000004, is one of the placeholders Streamlit's chart theme swaps for
+    a theme colour: zero density was drawn pink (#ffabab). Read the colour scale as Plotly drew it."""
+    open_page(page, server, "explorer?view=density", "Latent explorer")
+    wait_until(page, f"() => [...document.querySelectorAll('{MAIN} .js-plotly-plot')].some(d => d._fullData)")
+    scale = page.evaluate(
+        """() => {
+            const title = TITLE_JS;
+            const div = [...document.querySelectorAll('MAIN .js-plotly-plot')].find(d => title(d).startsWith('Slice'));
+            return div._fullData.find(t => t.type === 'heatmap').colorscale;
+        }""".replace("TITLE_JS", TITLE_JS).replace("MAIN", MAIN))
+    import plotly.colors
+
+    magma = plotly.colors.get_colorscale("Magma")
+    assert len(scale) == len(magma)
+    for (position, drawn), (want_position, want) in zip(scale, magma):
+        assert position == pytest.approx(want_position)
+        rgb = plotly.colors.hex_to_rgb(drawn) if drawn.startswith("#") else plotly.colors.unlabel_rgb(drawn)
+        assert max(abs(a - b) for a, b in zip(rgb, plotly.colors.hex_to_rgb(want))) <= 1, (position, drawn, want)
+
+
+def test_a_stopped_run_shows_how_far_it_got_in_the_picker(page, server):
+    from ebm import runs
+    from ebm.checkpoint import load_model, model_to_bytes, write_atomically
+
+    model, _ = load_model()
+    extra = {"dataset": "mnist", "train_config": {"ae_epochs": 12, "ebm_iterations": 5000}, "stopped_early": True,
+             "stages_done": {"autoencoder": 1.0, "energy": 0.31}}
+    write_atomically(server["runs"] / "stopped-run" / runs.WEIGHTS_NAME, model_to_bytes(model, extra))
+    open_page(page, server, "sample?model=stopped-run&chains=4&K=5", "Sample digits")
+    caption = sidebar(page).locator('[data-testid="stCaptionContainer"]').first
+    assert caption.inner_text() == "MNIST · 12 epochs, 1,550 of 5,000 iterations · stopped early"
+
+
+# The server's dataset download, offline: copies a prepared folder (sys.argv[1]) instead of fetching.
+FAKE_DOWNLOAD = """
+import shutil, sys
+import ebm.data
+mirror = sys.argv.pop(1)
+ebm.data._fetch = lambda name, root, raw_dir: shutil.copytree(mirror, raw_dir, dirs_exist_ok=True)
+from streamlit.web import cli
+sys.argv = ["streamlit", *sys.argv[1:]]
+sys.exit(cli.main())
+"""
+
+
+def test_download_box_goes_once_the_download_worked(page, tmp_path):
+    """The 'not on this server yet' box and its button used to stay after a successful download.
+    The server's download copies a synthetic MNIST from a local folder: no network needed."""
+    mirror = _synthetic_mnist(tmp_path / "mirror") / "MNIST" / "raw"
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    with streamlit_server(data, runs, tmp_path / "streamlit.log", ("-c", FAKE_DOWNLOAD, str(mirror))) as url:
+        open_page(page, {"url": url}, "explorer", "Latent explorer")
+        box = main(page).locator('[data-testid="stAlert"]').filter(has_text="MNIST test set")
+        button = main(page).get_by_role("button", name="Download MNIST")
+        assert box.count() == 1 and button.count() == 1
+        button.click()
+        wait_until(page, f"() => [...document.querySelectorAll('{MAIN} .js-plotly-plot')]"
+                         ".some(d => d.data && d.data.some(t => t.name === '0'))")  # the test codes' scatter
+        settle(page)
+        assert box.count() == 0 and button.count() == 0
 
 
 # ---- Train -------------------------------------------------------------------------------------
