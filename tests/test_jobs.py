@@ -15,7 +15,7 @@ import torch
 from ebm import jobs, runs
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.data import DatasetError
-from ebm.training import DivergenceError, TrainConfig, build_model
+from ebm.training import DivergenceError, TrainConfig, build_model, train
 
 from conftest import disk_full_under, full_disk
 
@@ -198,6 +198,55 @@ def test_remaining_time_is_estimated_while_running(tmp_path):
     assert snap.stage_remaining is not None and snap.stage_remaining > 0
     job.stop()
     assert job.join(60) and job.snapshot().stage_remaining is None
+
+
+# ---- stopping inside the training loops ------------------------------------------------------------
+def synthetic_split(split: str, train_size: int = 256) -> torch.Tensor:
+    return jobs.synthetic_data_loader(train_size=train_size)("mnist", split, 0.5)[0]
+
+
+class StopAfter:
+    """A should_stop that says True from its `calls`-th call on, counting every call."""
+
+    def __init__(self, calls: float):
+        self.calls, self.count = calls, 0
+
+    def __call__(self) -> bool:
+        self.count += 1
+        return self.count >= self.calls
+
+
+def test_a_stop_check_that_never_fires_changes_nothing():
+    """Asking should_stop inside the loops draws no random numbers: same seed, same tensors, same events."""
+    cfg = tiny(ae_epochs=2, ebm_iterations=40, mcmc_steps=70)  # 70 steps: two blocks per iteration
+    plain, checked = build_model(cfg), build_model(cfg)
+    plain_events = [(e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)]
+    never = StopAfter(float("inf"))
+    checked_events = [(e.stage, e.step, e.losses)
+                      for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)]
+    assert checked_events == plain_events
+    assert never.count >= 2 * 4 + 40 * 2  # asked before every batch and after every block of Langevin steps
+    for (name, a), b in zip(plain.state_dict().items(), checked.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_stop_inside_the_langevin_steps_drops_that_iteration():
+    cfg = tiny(ae_epochs=0, ebm_iterations=5, mcmc_steps=500)  # 500 steps: 8 blocks of 64 per iteration
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.energy.state_dict().items()}
+    stop = StopAfter(3)  # asked once between the stages, then after each block: True after the second block
+    events = list(train(model, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=stop))
+    assert stop.count == 4  # two blocks, then once more to drop the iteration: 128 of its 500 steps ran
+    assert [(e.stage, e.step, e.losses) for e in events] == [("energy", 0, {})]  # where it stopped: no iteration done
+    assert all(torch.equal(before[k], v) for k, v in model.energy.state_dict().items())  # no half update
+
+
+def test_a_stop_inside_an_autoencoder_epoch_ends_before_the_next_batch():
+    cfg = tiny(ae_epochs=3, ae_batch_size=8)  # 32 batches an epoch
+    model = build_model(cfg)
+    events = list(train(model, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=StopAfter(11)))
+    assert (events[-1].stage, events[-1].step, events[-1].losses) == ("autoencoder", 10, {})
+    assert all(e.stage == "autoencoder" for e in events)
 
 
 # ---- runs -----------------------------------------------------------------------------------------
