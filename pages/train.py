@@ -134,7 +134,7 @@ def show_live(snap: jobs.JobSnapshot) -> None:
         if snap.active and st.button("Stop", icon=":material/stop:", key="stop_training",
                                      disabled=snap.state in ("stopping", "saving"),
                                      help="Stop after the current step and save what was trained as a new run"):
-            jobs.get_job(snap.id).stop()
+            jobs.get_job(snap.id).stop(by=widgets.session_id())
             st.rerun(scope="fragment")
 
     p1 = snap.progress.get("autoencoder", 0.0)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebm import jobs, runs
+from ebm import jobs, runs, training
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.data import DatasetError
+from ebm.limits import ModelTooLarge, TrainingTooCostly
 from ebm.training import DivergenceError, TrainConfig, build_model, train
 
 from conftest import disk_full_under, full_disk
@@ -34,7 +35,7 @@ def one_thread_and_no_leftover_job():
     yield
     job = jobs.active_job()
     if job is not None:  # never leave a worker running into the next test
-        job.stop()
+        job.stop(by=job.owner)
         job.join(60)
     torch.set_num_threads(before)
 
@@ -103,7 +104,7 @@ def test_a_second_training_is_refused_while_one_runs(tmp_path):
 def test_stop_saves_what_was_trained(tmp_path):
     job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
     assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.stop_requested
     assert job.join(60)
     snap = job.snapshot()
@@ -121,7 +122,7 @@ def test_stop_saves_what_was_trained(tmp_path):
 def test_stop_during_the_autoencoder_still_gives_a_usable_model(tmp_path):
     job = jobs.start_training(tiny(ae_epochs=500), tmp_path, data_loader=jobs.synthetic_data_loader(train_size=512))
     assert wait_for(lambda: len(job.snapshot().events) > 0)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.join(60)
     snap = job.snapshot()
     assert snap.state == "stopped" and "energy" not in snap.progress
@@ -135,7 +136,7 @@ def test_stop_while_loading_data_saves_nothing(tmp_path):
     release = threading.Event()
     slow_loader = loader_waiting_for(release)
     job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.snapshot().state == "stopping"
     release.set()
     assert job.join(60)
@@ -155,7 +156,7 @@ def test_dataset_errors_are_recorded(tmp_path):
 
 
 def test_divergence_is_recorded(tmp_path, monkeypatch):
-    def diverging(model, train_x, test_x, cfg):
+    def diverging(model, train_x, test_x, cfg, should_stop):
         yield from ()
         raise DivergenceError("energy training diverged 6 times; last loss nan")
 
@@ -192,12 +193,93 @@ def test_invalid_requests_are_refused_before_starting(tmp_path):
 
 def test_remaining_time_is_estimated_while_running(tmp_path):
     job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
-    assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0.0002)
+    assert wait_for(lambda: job.snapshot().stage == "energy")
+    assert job.snapshot().stage_remaining is None  # estimating: one event is no pace
+    assert wait_for(lambda: job.snapshot().stage_remaining is not None)
     snap = job.snapshot()
-    assert snap.active and snap.stage == "energy"
-    assert snap.stage_remaining is not None and snap.stage_remaining > 0
-    job.stop()
+    assert snap.active and snap.stage == "energy" and snap.stage_remaining > 0
+    job.stop(by=job.owner)
     assert job.join(60) and job.snapshot().stage_remaining is None
+
+
+def event(step: int, time_s: float, total: int = 1000) -> dict:
+    return {"step": step, "total_steps": total, "time": time_s}
+
+
+def test_the_remaining_time_waits_for_a_measured_pace_and_ignores_the_stage_start():
+    first = event(10, 60.0)  # a minute of loading and code statistics before the stage's first event
+    assert jobs.remaining_seconds(first, first, 61.0) is None
+    assert jobs.remaining_seconds(first, event(20, 62.0), 62.0) is None  # 1% in 2 s: still estimating
+    assert jobs.remaining_seconds(first, event(30, 64.0), 64.0) == pytest.approx(0.2 * 970)  # 2%: 0.2 s per step
+    assert jobs.remaining_seconds(first, event(30, 64.0), 65.0) == pytest.approx(0.2 * 970 - 1)  # counts down
+    assert jobs.remaining_seconds(first, event(12, 90.0), 90.0) == pytest.approx(15 * 988)  # 30 s: a slow stage
+    assert jobs.remaining_seconds(first, event(1000, 99.0), 99.0) is None  # done
+
+
+def test_only_the_session_that_started_a_training_can_stop_it(tmp_path):
+    release = threading.Event()
+    job = jobs.start_training(tiny(), tmp_path, data_loader=loader_waiting_for(release), owner="alice")
+    try:
+        for someone_else in ("mallory", None, ""):
+            with pytest.raises(jobs.NotOwner, match="only the visitor who started this training can stop it"):
+                job.stop(by=someone_else)
+        assert not job.stop_requested and job.snapshot().state in ("starting", "loading data")
+        job.stop(by="alice")
+        assert job.stop_requested and job.snapshot().state == "stopping"
+    finally:
+        release.set()
+    assert job.join(60) and job.snapshot().state == "stopped"
+
+
+def test_a_stop_with_huge_settings_is_honoured_within_an_iteration(tmp_path, monkeypatch):
+    """Within the caps, 500 Langevin steps an update: the stop ends the iteration under way."""
+    blocks = []
+    real_run_chains = training.run_chains
+
+    def counting_run_chains(*args, callback, **kwargs):
+        return real_run_chains(*args, callback=lambda done: blocks.append(done) or callback(done), **kwargs)
+
+    monkeypatch.setattr(training, "run_chains", counting_run_chains)
+    job = jobs.start_training(tiny(ae_epochs=0, ebm_iterations=1000, mcmc_steps=500), tmp_path,
+                              data_loader=jobs.synthetic_data_loader(), owner="alice")
+    assert wait_for(lambda: len(blocks) >= 3)
+    job.stop(by="alice")
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.events[-1]["losses"] == {}  # the last event says where it stopped
+    assert blocks[-1] < 500  # the stopped iteration never reached its 500th step
+    assert snap.progress["energy"] == snap.events[-1]["step"] / 1000 < 1
+
+
+def test_trainings_above_the_apps_budgets_are_refused_before_starting(tmp_path):
+    before = jobs.latest_job()
+    form_maxima = tiny(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500)
+    with pytest.raises(ModelTooLarge, match="8 hidden layers of 1024"):
+        jobs.start_training(form_maxima, tmp_path, data_loader=jobs.synthetic_data_loader())
+    served_net = tiny(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500)
+    with pytest.raises(TrainingTooCostly, match="lower the Langevin steps per update to at most 58"):
+        jobs.start_training(served_net, tmp_path, data_loader=jobs.synthetic_data_loader())
+    with pytest.raises(TrainingTooCostly, match="lower the iterations to at most"):
+        jobs.start_training(TrainConfig(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert jobs.latest_job() is before and runs.list_runs(tmp_path) == []
+
+
+def test_elapsed_is_real_time_and_a_failed_job_says_when_it_failed(tmp_path):
+    release = threading.Event()
+
+    def failing_late(name, split, threshold):
+        release.wait(30)
+        raise DatasetError("MNIST is missing and could not be fetched")
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=failing_late)
+    time.sleep(0.3)
+    snap = job.snapshot()
+    assert snap.elapsed >= 0.3 and snap.ended_at is None  # the clock runs while the data loads
+    release.set()
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "failed" and snap.elapsed >= 0.3
+    assert snap.ended_at == pytest.approx(snap.started_at + snap.elapsed)
 
 
 # ---- stopping inside the training loops ------------------------------------------------------------
