@@ -7,6 +7,7 @@ shapes) is checked before a tensor is read or a module allocated (`ebm.checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebm import calibration
 from ebm.checkpoint import MAX_HEADER_BYTES, WeightsError, model_from_bytes, model_to_bytes
 from ebm.landscape import marginal_densities
 from ebm.limits import (
@@ -194,3 +196,31 @@ def test_what_a_refusal_suggests_fits():
     assert energy_iteration_macs(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59)) > MAX_ITERATION_MACS
     check_training_cost(TrainConfig(ae_epochs=193))
     check_training_cost(TrainConfig(ebm_iterations=98_786))
+
+
+def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
+    """`ebm.calibration` times a miniature of the training through the real code, once per shape."""
+    timed = []
+    real_train = calibration.train
+
+    def counting_train(model, train_images, test_images, cfg):
+        timed.append((cfg.ae_hidden_dim, cfg.ae_batch_size, cfg.ebm_batch_size, cfg.mcmc_steps, len(train_images)))
+        return real_train(model, train_images, test_images, cfg)
+
+    monkeypatch.setattr(calibration, "train", counting_train)
+    calibration._paces.cache_clear()
+    small = TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8, ebm_layers=2, ebm_batch_size=1024, mcmc_steps=50, ebm_iterations=300)
+    try:
+        seconds = calibration.estimate_seconds(small)
+        assert timed == [(16, 128, 256, 20, 3 * 128)]  # 3 batches of 128; 256 chains of 20 steps
+        longer = calibration.estimate_seconds(dataclasses.replace(small, ebm_iterations=600))
+        calibration.estimate_seconds(dataclasses.replace(small, ae_epochs=1))
+        assert len(timed) == 1  # same shapes, other lengths: no second timing
+        paces = calibration._paces(dataclasses.astuple(calibration.miniature(small)))
+        assert set(paces) == {"autoencoder", "energy"} and all(0 < p < float("inf") for p in paces.values())
+        assert seconds == pytest.approx(sum(m / paces[s] for s, m in stage_macs(small).items()))
+        assert longer == pytest.approx(seconds + stage_macs(small)["energy"] / paces["energy"])  # twice the iterations
+        calibration.estimate_seconds(dataclasses.replace(small, ae_hidden_dim=32))
+        assert len(timed) == 2  # another width: timed again
+    finally:
+        calibration._paces.cache_clear()
