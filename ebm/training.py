@@ -328,6 +328,21 @@ def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tenso
     yield from train_energy(model, codes, cfg, should_stop)
 
 
+MIN_ITERATIONS_FOR_DIGITS = 200
+"""Fewer stage-2 iterations leave the energy net too flat for its samples to look like digits."""
+
+
+def too_short_for_digits(cfg: TrainConfig) -> list[str]:
+    """Why a training this short gives no digits, one reason per setting; empty when it may give some."""
+    reasons = []
+    if cfg.ae_epochs == 0:
+        reasons.append("0 autoencoder epochs leave the decoder untrained, so every sample decodes to noise")
+    if cfg.ebm_iterations < MIN_ITERATIONS_FOR_DIGITS:
+        reasons.append(f"{cfg.ebm_iterations:,} energy-net iterations are fewer than the "
+                       f"{MIN_ITERATIONS_FOR_DIGITS} it takes the samples to find the digits")
+    return reasons
+
+
 def run_metadata(cfg: TrainConfig) -> dict:
     """What a weights file records about how it was made."""
     return {"dataset": cfg.dataset, "threshold": cfg.threshold, "train_config": asdict(cfg)}
