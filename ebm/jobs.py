@@ -1,13 +1,15 @@
 """Training in the background: one worker thread per server process, pollable and stoppable.
 
 A `TrainingJob` runs `ebm.training.train` in a daemon thread and records every event in a
-thread-safe way; a web page (or anything else) polls `job.snapshot()` and calls `job.stop()`.
-Stopping takes effect between training events (every few batches / 10 energy iterations);
+thread-safe way; a web page (or anything else) polls `job.snapshot()`, and the session that
+started it may call `job.stop(by=...)` (anyone else gets `NotOwner`). Stopping takes effect
+within one autoencoder batch or one block of Langevin steps, dropping the half-done iteration;
 whatever was trained is then saved as a new run, like a finished training. A save that fails
 (full or read-only disk) ends the job "failed" with the weights kept in memory for download,
 and leaves no half-written run to list. The registry (`start_training`, `active_job`,
 `latest_job`) lives at module level, so a job outlives the page or session that started it,
-and only one training runs at a time: a second request is refused with `JobAlreadyRunning`.
+and only one training runs at a time: a second request is refused with `JobAlreadyRunning`, and
+one above the app's budgets (`check_app_training`) before it starts.
 
 No Streamlit here: the app imports this module, not the other way round.
 """
@@ -28,6 +30,8 @@ import torch
 
 from .checkpoint import model_to_bytes
 from .data import DatasetError, load_binarized
+from .limits import check_app_architecture, check_training_cost, train_energy_config
+from .models import AutoencoderConfig
 from .runs import RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .threads import sync_torch_threads
 from .training import (
@@ -48,6 +52,8 @@ STAGES = ("autoencoder", "energy")
 ACTIVE_STATES = ("starting", "loading data", "training", "stopping", "saving")
 FINAL_STATES = ("finished", "stopped", "failed")
 HISTORY_LIMIT = 10  # finished jobs kept in the registry
+ESTIMATE_AFTER_FRACTION = 0.02  # a stage's remaining time is estimated once its rate was measured over 2% of it
+ESTIMATE_AFTER_SECONDS = 30.0  # ... or over 30 s, whichever comes first
 
 
 def default_data_loader(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +77,10 @@ class JobAlreadyRunning(RuntimeError):
     """A training is already running in this server process."""
 
 
+class NotOwner(PermissionError):
+    """Someone other than the session that started a training asked to stop it."""
+
+
 @dataclass
 class JobSnapshot:
     """A consistent copy of a job's state at one moment."""
@@ -86,9 +96,10 @@ class JobSnapshot:
     run_path: Path | None  # the saved weights file, once saved
     started_at: float  # wall clock (time.time())
     elapsed: float  # seconds since start (frozen when the job ended)
+    ended_at: float | None  # wall clock when it finished, stopped or failed; None while active
     stage: str | None  # stage of the latest event
     progress: dict[str, float] = field(default_factory=dict)  # stage -> fraction done in [0, 1]
-    stage_remaining: float | None = None  # seconds left in the current stage, estimated from its rate
+    stage_remaining: float | None = None  # seconds left in the current stage; None until its rate is known
     owner: str | None = None
     unsaved_model: bytes | None = None  # the trained weights (safetensors) when saving them failed
 
@@ -127,13 +138,17 @@ class TrainingJob:
         self._started_at = time.time()
         self._t0 = time.monotonic()
         self._ended: float | None = None
-        self._stage_t0: dict[str, float] = {}  # when each stage began (end of the previous stage's work)
-        self._work_t0: float | None = None  # when training began (after the data was loaded)
+        self._stage_first: dict[str, dict] = {}  # each stage's first event: where its rate is measured from
         self._thread = threading.Thread(target=self._run, name=f"ebm-train-{self.id}", daemon=True)
 
     # ---- control -------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the worker to stop after the current training event; what was trained is saved."""
+    def stop(self, *, by: str | None) -> None:
+        """Ask the worker to stop within a batch or a block of Langevin steps; what was trained is saved.
+
+        `by` is the session asking: only the owner may stop a job that has one (NotOwner otherwise).
+        """
+        if self.owner is not None and by != self.owner:
+            raise NotOwner("only the visitor who started this training can stop it")
         with self._lock:
             if self._state in ACTIVE_STATES and self._state not in ("stopping", "saving"):
                 self._state = "stopping"
@@ -164,16 +179,14 @@ class TrainingJob:
                 progress[e["stage"]] = e["step"] / max(e["total_steps"], 1)
             remaining = None
             if stage is not None and self._state in ACTIVE_STATES:
-                frac = progress.get(stage, 0.0)
-                spent = now - self._stage_t0.get(stage, self._t0)
-                if 0 < frac < 1:
-                    remaining = spent * (1 - frac) / frac
+                remaining = remaining_seconds(self._stage_first[stage], events[-1], now - self._t0)
             return JobSnapshot(
                 id=self.id, state=self._state, config=asdict(self.cfg), events=events,
                 messages=list(self._messages),
                 negatives=None if self._negatives is None else self._negatives.copy(),
                 negatives_step=self._negatives_step, error=self._error, run_path=self._run_path,
-                started_at=self._started_at, elapsed=now - self._t0, stage=stage, progress=progress,
+                started_at=self._started_at, elapsed=now - self._t0,
+                ended_at=None if self._ended is None else self._started_at + now - self._t0, stage=stage, progress=progress,
                 stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
             )
 
@@ -186,13 +199,12 @@ class TrainingJob:
     def _record(self, ev) -> None:
         now = time.monotonic()
         with self._lock:
-            if ev.stage not in self._stage_t0:  # the stage began where the previous event ended
-                self._stage_t0[ev.stage] = self._t0 + self._events[-1]["time"] if self._events else (self._work_t0 or self._t0)
             self._events.append({
                 "stage": ev.stage, "step": int(ev.step), "total_steps": int(ev.total_steps),
                 "epoch": int(ev.epoch), "stage_elapsed": float(ev.elapsed), "time": now - self._t0,
                 "losses": {k: float(v) for k, v in ev.losses.items()}, "message": ev.message,
             })
+            self._stage_first.setdefault(ev.stage, self._events[-1])
             if ev.message:
                 self._messages.append(ev.message)
             if ev.negatives is not None:
@@ -212,16 +224,9 @@ class TrainingJob:
                 self._finish("stopped", None, None)
                 return
             self._set_state("training")
-            self._work_t0 = time.monotonic()
             model = build_model(cfg)
-            events = train(model, train_x, test_x, cfg)
-            try:
-                for ev in events:
-                    self._record(ev)
-                    if self._stop.is_set():
-                        break
-            finally:
-                events.close()
+            for ev in train(model, train_x, test_x, cfg, should_stop=self._stop.is_set):
+                self._record(ev)
         except DatasetError as e:
             self._finish("failed", None, f"Dataset problem: {e}")
             return
@@ -276,9 +281,35 @@ class TrainingJob:
             self._ended = time.monotonic()
 
 
+def remaining_seconds(first: dict, latest: dict, now: float) -> float | None:
+    """Seconds left in a stage at `now` (seconds since the job started), at its pace from its `first`
+    event to its `latest`: what came before its first event (loading data, the code statistics) is
+    not that pace. None until the pace was measured over ESTIMATE_AFTER_FRACTION of the stage or
+    ESTIMATE_AFTER_SECONDS, since the first steps alone give estimates far off."""
+    done, measured = latest["step"] / latest["total_steps"], (latest["step"] - first["step"]) / latest["total_steps"]
+    span = latest["time"] - first["time"]
+    if done >= 1 or measured <= 0 or (measured < ESTIMATE_AFTER_FRACTION and span < ESTIMATE_AFTER_SECONDS):
+        return None
+    return max(0.0, span / measured * (1 - done) - (now - latest["time"]))
+
+
 # ---- the per-process registry ----------------------------------------------------------------
 _registry_lock = threading.Lock()
 _jobs: list[TrainingJob] = []
+
+
+def check_app_training(cfg: TrainConfig) -> TrainConfig:
+    """A validated copy of `cfg` if this server may train it: a valid config on an available device,
+    a model the app serves (`check_app_architecture`) and a cost within the caps (`check_training_cost`).
+
+    Raises ValueError otherwise (ModelTooLarge and TrainingTooCostly among them), with one sentence saying why.
+    """
+    cfg = copy.deepcopy(cfg).validate()
+    if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
+        raise ValueError(f"device {cfg.device!r} is not available here")
+    check_app_architecture(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim), train_energy_config(cfg))
+    check_training_cost(cfg)
+    return cfg
 
 
 def start_training(
@@ -287,15 +318,13 @@ def start_training(
     data_loader: DataLoader | None = None,
     owner: str | None = None,
 ) -> TrainingJob:
-    """Validate `cfg` and start training it in the background; returns the job.
+    """Check `cfg` (`check_app_training`) and start training it in the background for `owner`; returns the job.
 
     Raises JobAlreadyRunning when a training is already running in this process,
-    ValueError for an invalid configuration or a runs directory under weights/, and
+    ValueError for a configuration the app does not train or a runs directory under weights/, and
     RunsDirError for a runs directory that could not take the run (read-only, disk full).
     """
-    cfg = copy.deepcopy(cfg).validate()
-    if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
-        raise ValueError(f"device {cfg.device!r} is not available here")
+    cfg = check_app_training(cfg)
     root = check_room(check_runs_dir(default_runs_dir() if runs_dir is None else runs_dir), weights_bytes(cfg))
     with _registry_lock:
         running = next((j for j in _jobs if j.active), None)

@@ -1,12 +1,14 @@
-"""Resource limits for serving requests: what one interactive request and one served model may cost.
+"""Resource limits for serving requests: what one interactive request, one served model and one training may cost.
 
 Work is counted in multiply-adds (MACs) of the networks, from their architecture alone:
 - a request runs chains × steps energy evaluations of `energy_step_macs` each, capped at what
   the cap in chain-steps costs on the shipped model (`check_request_size`);
 - a model the app serves (an upload, a run, a training) has at most `MAX_APP_PARAMETERS`
   parameters and `MAX_APP_STEP_MACS` per energy evaluation (`check_app_architecture`), which
-  bounds its memory, each decoded digit and the Explorer's grid quadrature.
-The app checks both before any work starts; the CLI is not capped, since there the user pays
+  bounds its memory, each decoded digit and the Explorer's grid quadrature;
+- a training the app runs costs at most `MAX_ITERATION_MACS` per batch or iteration and
+  `MAX_TRAINING_MACS` in all (`check_training_cost`).
+The app checks these before any work starts; the CLI is not capped, since there the user pays
 for what they ask.
 """
 
@@ -16,8 +18,9 @@ import math
 
 import torch
 
-from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
+from .models import IMAGE_PIXELS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
 from .sampling import check_int
+from .training import TrainConfig
 
 MAX_APP_CHAINS = 1024
 """Most chains one interactive request may run."""
@@ -130,3 +133,111 @@ def frame_indices(num_records: int, max_frames: int = MAX_GIF_FRAMES) -> list[in
         return [num_records - 1]
     step = (num_records - 1) / (max_frames - 1)
     return sorted({round(i * step) for i in range(max_frames)})
+
+
+# ---- training ------------------------------------------------------------------------------------
+# One training the app runs (`ebm.jobs.start_training`) is capped in multiply-adds from its settings,
+# like a request: per autoencoder batch or stage-2 iteration, so that a stop is honoured within
+# seconds, and per run. Fixed per-call costs (op launches, the optimiser) count as the MACs they
+# are worth, so that many tiny steps are not free. Times are for one core of the 2-core server
+# these were measured on (35-55 GMAC/s on the training's matrices); the command line is not capped.
+
+TRAIN_SET_IMAGES = 60_000
+"""Training images in MNIST and in Fashion-MNIST: what one autoencoder epoch passes over."""
+
+STEP_OVERHEAD_MACS = 4_000_000
+"""A Langevin step's fixed cost (about 0.1 ms), in multiply-adds."""
+
+UPDATE_OVERHEAD_MACS = 50_000_000
+"""An optimiser update's fixed cost (about 1.2 ms: an autoencoder batch or a contrastive-divergence update)."""
+
+MAX_ITERATION_MACS = 100_000_000_000
+"""Most work in one autoencoder batch or one stage-2 iteration: about 2-3 s."""
+
+MAX_TRAINING_MACS = 60_000_000_000_000
+"""Most work in one training the app runs: about 30 min (the default settings cost a fifth of it)."""
+
+
+class TrainingTooCostly(ValueError):
+    """A training above what the app runs; the message names the setting to lower."""
+
+
+def train_energy_config(config: TrainConfig) -> EnergyConfig:
+    """The energy net's shape in a training config."""
+    return EnergyConfig(config.latent_dim, config.ebm_hidden_dim, config.ebm_layers, config.ebm_tilt_sigma)
+
+
+def autoencoder_example_macs(config: TrainConfig) -> int:
+    """Multiply-adds of one image through the autoencoder and back: the forward pass
+    784 -> h -> h -> d -> h -> h -> 784 and a backward pass that costs twice as much."""
+    h, d = config.ae_hidden_dim, config.latent_dim
+    return 3 * 2 * (IMAGE_PIXELS * h + h * h + h * d)
+
+
+def autoencoder_batch_macs(config: TrainConfig) -> int:
+    """One stage-1 batch: its images forward and backward, and the update."""
+    return config.ae_batch_size * autoencoder_example_macs(config) + UPDATE_OVERHEAD_MACS
+
+
+def energy_iteration_parts(config: TrainConfig) -> tuple[int, int]:
+    """(one Langevin step of every negative's chain, the update) of a stage-2 iteration, in multiply-adds;
+    the update's forward and backward pass over data and negatives costs 1.5 energy-and-gradient steps each."""
+    step = energy_step_macs(train_energy_config(config))
+    chains = config.ebm_batch_size * config.negatives_per_datapoint
+    return chains * step + STEP_OVERHEAD_MACS, (config.ebm_batch_size + chains) * step * 3 // 2 + UPDATE_OVERHEAD_MACS
+
+
+def energy_iteration_macs(config: TrainConfig) -> int:
+    """One stage-2 iteration: K Langevin steps, then the update."""
+    per_step, update = energy_iteration_parts(config)
+    return config.mcmc_steps * per_step + update
+
+
+def stage_macs(config: TrainConfig, train_images: int = TRAIN_SET_IMAGES) -> dict[str, int]:
+    """{"autoencoder": ..., "energy": ...}: the multiply-adds of each stage on `train_images` images."""
+    batches = math.ceil(train_images / config.ae_batch_size)
+    epoch = train_images * autoencoder_example_macs(config) + batches * UPDATE_OVERHEAD_MACS
+    return {"autoencoder": config.ae_epochs * epoch, "energy": config.ebm_iterations * energy_iteration_macs(config)}
+
+
+def training_macs(config: TrainConfig) -> int:
+    """Multiply-adds of a whole training on MNIST or Fashion-MNIST, both stages."""
+    return sum(stage_macs(config).values())
+
+
+def _amount(macs: int) -> str:
+    """'143 billion', '81 trillion': a count of multiply-adds a visitor can read."""
+    return f"{macs / 1e12:,.0f} trillion" if macs >= 1e13 else f"{macs / 1e9:,.0f} billion"
+
+
+def check_training_cost(config: TrainConfig) -> None:
+    """Raise TrainingTooCostly unless one batch, one iteration and the whole run fit the caps above."""
+    batch = autoencoder_batch_macs(config)
+    if batch > MAX_ITERATION_MACS:
+        fits = max(1, (MAX_ITERATION_MACS - UPDATE_OVERHEAD_MACS) // autoencoder_example_macs(config))
+        raise TrainingTooCostly(
+            f"one autoencoder batch of {config.ae_batch_size:,} images {config.ae_hidden_dim:,} wide costs "
+            f"{_amount(batch)} multiply-adds, above the cap of {_amount(MAX_ITERATION_MACS)} per batch (a few "
+            f"seconds): lower stage 1's batch size to at most {fits:,}, or its hidden width")
+    iteration = energy_iteration_macs(config)
+    if iteration > MAX_ITERATION_MACS:
+        per_step, update = energy_iteration_parts(config)
+        fits = (MAX_ITERATION_MACS - update) // per_step
+        lower = (f"lower the Langevin steps per update to at most {fits:,}, or stage 2's batch size" if fits >= 1
+                 else "lower stage 2's batch size")
+        raise TrainingTooCostly(
+            f"one energy-net iteration of {config.ebm_batch_size:,} × {config.mcmc_steps:,} Langevin steps costs "
+            f"{_amount(iteration)} multiply-adds, above the cap of {_amount(MAX_ITERATION_MACS)} per iteration "
+            f"(a few seconds): {lower}")
+    stages = stage_macs(config)
+    total = sum(stages.values())
+    if total > MAX_TRAINING_MACS:
+        if stages["energy"] >= stages["autoencoder"]:
+            fits = (MAX_TRAINING_MACS - stages["autoencoder"]) // iteration
+            lower = f"lower the iterations to at most {fits:,}" if fits >= 1 else "lower the iterations and the epochs"
+        else:
+            fits = (MAX_TRAINING_MACS - stages["energy"]) // (stages["autoencoder"] // config.ae_epochs)
+            lower = f"lower the epochs to at most {fits:,}" if fits >= 1 else "lower the epochs and the iterations"
+        raise TrainingTooCostly(
+            f"the whole training costs {_amount(total)} multiply-adds, above the app's cap of "
+            f"{_amount(MAX_TRAINING_MACS)} (about 30 minutes): {lower} (`python -m ebm train` has no cap)")

@@ -1,8 +1,10 @@
 """Two-stage training: the autoencoder, then the latent energy net by contrastive divergence.
 
 Each stage is a generator of `Progress` events, so the CLI's progress bars and the app's
-live charts come from the same loop. Stopping is just not asking for the next event
-(or `close()`): the models are trained in place and keep what they learned.
+live charts come from the same loop. The models are trained in place and keep what they learned
+when the loop ends early: not asking for the next event (or `close()`) stops between events,
+and a `should_stop` callback stops within one autoencoder batch or one block of Langevin steps,
+dropping the half-done iteration (a last event without losses says where it stopped).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -104,6 +106,15 @@ class DivergenceError(RuntimeError):
     """Training produced NaN or exploding energies repeatedly, even after rollback."""
 
 
+StopCheck = Callable[[], bool]
+"""Asked inside the training loops; True ends the training where it is (see the module docstring)."""
+
+
+def never_stop() -> bool:
+    """The default: train to the end (the command line stops with Ctrl-C instead)."""
+    return False
+
+
 def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary cross-entropy per image (nats) plus the code penalty; returns (total, bce)."""
     codes = model.encode(images)
@@ -113,8 +124,10 @@ def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig,
     return bce + penalty, bce
 
 
-def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
-    """Stage 1: Adam on binary cross-entropy with noisy codes, one event every few batches."""
+def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig,
+                      should_stop: StopCheck = never_stop) -> Iterator[Progress]:
+    """Stage 1: Adam on binary cross-entropy with noisy codes, one event every few batches;
+    `should_stop` is asked before each batch."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
     batches_per_epoch = math.ceil(len(train_images) / cfg.ae_batch_size)
@@ -127,6 +140,9 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
         model.train()
         order = torch.randperm(len(train_images), generator=gen)
         for b in range(batches_per_epoch):
+            if should_stop():
+                yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start)
+                return
             batch = train_images[order[b * cfg.ae_batch_size : (b + 1) * cfg.ae_batch_size]].to(cfg.device)
             loss, bce = autoencoder_loss(model, batch, cfg, noise=True)
             opt.zero_grad(set_to_none=True)
@@ -175,7 +191,8 @@ class Snapshot:
 GAP_SMOOTHING = 0.02  # weight of each iteration in the running mean of E(negatives) - E(data), ~50 iterations
 
 
-def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
+def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
+                 should_stop: StopCheck = never_stop) -> Iterator[Progress]:
     """Stage 2: persistent contrastive divergence on standardized codes.
 
     Loss = mean E(data) - mean E(negatives) + alpha (E(data)^2 + E(negatives)^2); negatives
@@ -187,6 +204,9 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
     running mean) are contrastive divergence's quiet failure: the chains no longer reach some
     of the data's modes, so each update deepens wells they cannot find. The chains are then
     restarted at the data codes: inside those wells, they show the update what to flatten.
+
+    `should_stop` is asked after each block of Langevin steps; a stop drops the iteration under
+    way before anything (chains, net, optimiser) is updated.
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     energy = model.energy
@@ -202,7 +222,10 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig) -> Ite
         indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
         energy.eval()
         sampler = build_sampler(cfg.sampler, energy.energy_and_grad, step_size, gen)
-        chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps)
+        chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
+        if should_stop():
+            yield Progress("energy", it - 1, cfg.ebm_iterations, 0, time.perf_counter() - start)
+            return
         negatives = chains.state.position
         buffer.store(indices, negatives)
         acceptance = chains.acceptance.mean().item()
@@ -289,14 +312,35 @@ def energy_training_images(train_images: torch.Tensor, cfg: TrainConfig) -> torc
     return train_images if cfg.ebm_train_images is None else train_images[: cfg.ebm_train_images]
 
 
-def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig) -> Iterator[Progress]:
-    """Both stages in order on binarized (N, 784) images; the model is trained in place."""
+def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig,
+          should_stop: StopCheck = never_stop) -> Iterator[Progress]:
+    """Both stages in order on binarized (N, 784) images; the model is trained in place.
+
+    A stop (`should_stop` True) during stage 1 ends the training before stage 2's code statistics.
+    """
     cfg.validate()
     torch.manual_seed(cfg.seed)
     model.to(cfg.device)
-    yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg)
+    yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg, should_stop)
+    if should_stop():
+        return
     codes = standardize_codes(model, energy_training_images(train_images, cfg), cfg.device)
-    yield from train_energy(model, codes, cfg)
+    yield from train_energy(model, codes, cfg, should_stop)
+
+
+MIN_ITERATIONS_FOR_DIGITS = 200
+"""Fewer stage-2 iterations leave the energy net too flat for its samples to look like digits."""
+
+
+def too_short_for_digits(cfg: TrainConfig) -> list[str]:
+    """Why a training this short gives no digits, one reason per setting; empty when it may give some."""
+    reasons = []
+    if cfg.ae_epochs == 0:
+        reasons.append("0 autoencoder epochs leave the decoder untrained, so every sample decodes to noise")
+    if cfg.ebm_iterations < MIN_ITERATIONS_FOR_DIGITS:
+        reasons.append(f"{cfg.ebm_iterations:,} energy-net iterations are fewer than the "
+                       f"{MIN_ITERATIONS_FOR_DIGITS} it takes the samples to find the digits")
+    return reasons
 
 
 def run_metadata(cfg: TrainConfig) -> dict:

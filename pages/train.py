@@ -8,11 +8,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import widgets
-from ebm import jobs, runs
+from ebm import calibration, jobs, runs
 from ebm.data import DATASETS
 from ebm.images import image_grid
 from ebm.limits import frame_indices
-from ebm.training import TrainConfig
+from ebm.training import TrainConfig, too_short_for_digits
 
 widgets.ensure_router()
 
@@ -70,9 +70,10 @@ def stage_fields(specs: dict, ncols: int) -> dict:
     return values
 
 
-def config_form(disabled: bool) -> TrainConfig | None:
-    """The hyperparameter form; returns a config when Start is pressed."""
-    with st.form("train_config", border=True):
+def config_fields() -> TrainConfig:
+    """The hyperparameter fields and the config they make; no form, so that the cost shown
+    next to Start follows every change."""
+    with st.container(border=True):
         top = st.columns(4)
         values = {
             "dataset": top[0].selectbox("Dataset", DATASETS, key="t_dataset",
@@ -94,11 +95,32 @@ def config_form(disabled: bool) -> TrainConfig | None:
             values.update(stage_fields(STAGE2, 3))
             values["sampler"] = st.segmented_control("Negatives sampler", ("mala", "ula"), default=DEFAULTS.sampler,
                                                      key="t_sampler", required=True, format_func=str.upper)
-        submitted = st.form_submit_button("Start training", icon=":material/play_arrow:", type="primary", disabled=disabled)
-    if not submitted:
-        return None
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+def start_row(cfg: TrainConfig, running: bool) -> bool:
+    """Start, with what `cfg` costs next to it: its time on this server, or why the server refuses it
+    (then Start is disabled); then a warning when it is too short to give digits. True when pressed."""
+    try:
+        jobs.check_app_training(cfg)
+        refusal = None
+    except ValueError as e:
+        refusal = widgets.server_message(e)
+    button, cost = st.columns([1, 3], vertical_alignment="center")
+    pressed = button.button("Start training", icon=":material/play_arrow:", type="primary", key="start_training",
+                            disabled=running or refusal is not None)
+    if refusal is not None:
+        cost.error(f"Cannot start: {refusal}")
+    elif not running:  # timing the settings next to a running training would slow it and mismeasure both
+        with cost, st.spinner("Timing these settings on this server…"):
+            seconds = calibration.estimate_seconds(cfg)
+        cost.caption(f"About {fmt_duration(seconds)} on this server", help="Timed from a few batches and "
+                     "iterations of these widths on this server, scaled to the whole training")
+    short = too_short_for_digits(cfg)
+    if short:
+        st.warning(f"These settings are too short to give digits: {'; '.join(short)}.")
+    return pressed
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -106,6 +128,15 @@ def fmt_seconds(seconds: float | None) -> str:
         return "—"
     seconds = round(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def fmt_duration(seconds: float) -> str:
+    """'40 s', '4 min', '1.5 h': a rough duration, as an estimate deserves."""
+    if seconds < 60:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def loss_chart(events: list[dict], keys: dict[str, str], title: str, key: str) -> None:
@@ -121,25 +152,43 @@ def loss_chart(events: list[dict], keys: dict[str, str], title: str, key: str) -
     st.plotly_chart(fig, key=key)
 
 
-def show_live(snap: jobs.JobSnapshot) -> None:
+def state_line(snap: jobs.JobSnapshot) -> str:
+    """What the job is doing, or how and when (server time) it ended."""
+    if snap.active:
+        return f":material/hourglass_top: {snap.state}"
+    label = {"finished": ":material/check_circle: finished", "stopped": ":material/stop_circle: stopped",
+             "failed": ":material/error: failed"}[snap.state]
+    saved = " (what was trained is saved)" if snap.state == "stopped" and snap.run_path is not None else ""
+    return f"{label} at {time.strftime('%H:%M:%S %Z', time.localtime(snap.ended_at))}{saved}"
+
+
+def remaining_label(snap: jobs.JobSnapshot) -> str:
+    if not snap.active:
+        return "—"
+    return "estimating…" if snap.stage_remaining is None else fmt_seconds(snap.stage_remaining)
+
+
+def show_live(snap: jobs.JobSnapshot, me: str) -> None:
+    """The job's state, clocks, progress and charts; Stop only for the session that started it."""
     cfg = snap.config
     head = st.columns([2, 1, 1, 1])
-    state_label = {"finished": ":material/check_circle: finished", "stopped": ":material/stop_circle: stopped (what was trained is saved)", "failed": ":material/error: failed"}
-    head[0].markdown(f"**Training on {widgets.DATASET_LABELS.get(cfg['dataset'], cfg['dataset'])}** · "
-                     f"{state_label.get(snap.state, ':material/hourglass_top: ' + snap.state)}")
-    head[1].metric("Elapsed", fmt_seconds(snap.elapsed))
-    head[2].metric("Stage remaining", fmt_seconds(snap.stage_remaining) if snap.active else "—",
-                   help="Estimated from this stage's rate so far")
+    head[0].markdown(f"**Training on {widgets.DATASET_LABELS.get(cfg['dataset'], cfg['dataset'])}** · {state_line(snap)}")
+    head[1].metric("Elapsed" if snap.active else "Ran for", fmt_seconds(snap.elapsed))
+    head[2].metric("Stage remaining", remaining_label(snap),
+                   help="Estimated from this stage's pace, once a few percent of it or half a minute has run")
     with head[3]:
-        if snap.active and st.button("Stop", icon=":material/stop:", key="stop_training",
-                                     disabled=snap.state in ("stopping", "saving"),
-                                     help="Stop after the current step and save what was trained as a new run"):
-            jobs.get_job(snap.id).stop()
+        if snap.active and snap.owner != me:
+            st.caption("Started by another visitor: you can watch it here, and only they can stop it.")
+        elif snap.active and st.button("Stop", icon=":material/stop:", key="stop_training",
+                                       disabled=snap.state in ("stopping", "saving"),
+                                       help="Stop now (within a batch or a few Langevin steps) and save what was trained as a new run"):
+            jobs.get_job(snap.id).stop(by=me)
             st.rerun(scope="fragment")
 
     p1 = snap.progress.get("autoencoder", 0.0)
     p2 = snap.progress.get("energy", 0.0)
-    st.progress(min(p1, 1.0), text=f"Stage 1 · autoencoder: {p1:.0%}")
+    stage1 = "skipped (0 epochs)" if cfg["ae_epochs"] == 0 else f"{p1:.0%}"
+    st.progress(min(p1, 1.0), text=f"Stage 1 · autoencoder: {stage1}")
     st.progress(min(p2, 1.0), text=f"Stage 2 · energy net: {p2:.0%}")
 
     if snap.error:
@@ -204,7 +253,7 @@ def live_panel() -> None:
                    "the training runs in the background, so you can switch pages and come back.")
         return
     snap = current.snapshot()
-    show_live(snap)
+    show_live(snap, me)
     if active and not snap.active:  # it just ended: rerun the page to enable Start and list the new run
         st.rerun()
 
@@ -215,8 +264,8 @@ live_panel()
 st.subheader("New training")
 if active:
     st.caption("Start is disabled while a training runs: one training at a time per server.")
-cfg = config_form(disabled=active)
-if cfg is not None:
+cfg = config_fields()
+if start_row(cfg, running=active):
     try:
         jobs.start_training(cfg, owner=me)
     except jobs.JobAlreadyRunning as e:
@@ -236,9 +285,7 @@ with st.expander(f"Saved runs ({len(saved)})", expanded=False):
         st.caption("None yet.")
     for r in saved[:20]:
         c1, c2 = st.columns([4, 1], vertical_alignment="center")
-        cfg_r = r.extra.get("train_config", {})
-        c1.markdown(f"**{widgets.echo(r.label, 80)}** · {widgets.echo(widgets.DATASET_LABELS.get(r.dataset, r.dataset))} · "
-                    f"{cfg_r.get('ae_epochs', '?')} epochs, {cfg_r.get('ebm_iterations', '?')} iterations · "
+        c1.markdown(f"**{widgets.echo(r.label, 80)}** · {widgets.run_summary(r)} · "
                     f"{r.size / 1e6:.1f} MB · {time.strftime('%Y-%m-%d %H:%M', time.localtime(r.mtime))}")
         with c2:
             widgets.download_run_button(r.path, label="Download", key=f"dl_run_{r.name}")

@@ -73,7 +73,7 @@ def isolated_server_state(tmp_path, monkeypatch):
     yield tmp_path
     job = jobs.active_job()
     if job is not None:
-        job.stop()
+        job.stop(by=job.owner)
         job.join(60)
     torch.set_num_threads(threads)
 

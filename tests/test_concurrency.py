@@ -176,7 +176,7 @@ def test_a_second_training_is_refused_while_one_runs(isolated):
         assert first.id in message and "only one training runs at a time" in message
         assert jobs.active_job() is first and jobs.latest_job() is first
     finally:
-        first.stop()
+        first.stop(by="alice")
         assert first.join(60), "the training did not stop"
     assert first.snapshot().state in ("stopped", "finished")
     again = jobs.start_training(TrainConfig(**{**LONG_TRAINING.__dict__, "ebm_iterations": 10}), data_loader=loader)
@@ -203,7 +203,7 @@ def test_racing_training_requests_start_exactly_one(isolated):
         assert all(started[0].id in str(e) for e in refused)
     finally:
         for job in started:
-            job.stop()
+            job.stop(by=job.owner)
             job.join(60)
 
 

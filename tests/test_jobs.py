@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ebm import jobs, runs
+from ebm import jobs, runs, training
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.data import DatasetError
-from ebm.training import DivergenceError, TrainConfig, build_model
+from ebm.limits import ModelTooLarge, TrainingTooCostly
+from ebm.training import DivergenceError, TrainConfig, build_model, train
 
 from conftest import disk_full_under, full_disk
 
@@ -34,7 +35,7 @@ def one_thread_and_no_leftover_job():
     yield
     job = jobs.active_job()
     if job is not None:  # never leave a worker running into the next test
-        job.stop()
+        job.stop(by=job.owner)
         job.join(60)
     torch.set_num_threads(before)
 
@@ -103,7 +104,7 @@ def test_a_second_training_is_refused_while_one_runs(tmp_path):
 def test_stop_saves_what_was_trained(tmp_path):
     job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
     assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.stop_requested
     assert job.join(60)
     snap = job.snapshot()
@@ -121,7 +122,7 @@ def test_stop_saves_what_was_trained(tmp_path):
 def test_stop_during_the_autoencoder_still_gives_a_usable_model(tmp_path):
     job = jobs.start_training(tiny(ae_epochs=500), tmp_path, data_loader=jobs.synthetic_data_loader(train_size=512))
     assert wait_for(lambda: len(job.snapshot().events) > 0)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.join(60)
     snap = job.snapshot()
     assert snap.state == "stopped" and "energy" not in snap.progress
@@ -135,7 +136,7 @@ def test_stop_while_loading_data_saves_nothing(tmp_path):
     release = threading.Event()
     slow_loader = loader_waiting_for(release)
     job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
-    job.stop()
+    job.stop(by=job.owner)
     assert job.snapshot().state == "stopping"
     release.set()
     assert job.join(60)
@@ -155,7 +156,7 @@ def test_dataset_errors_are_recorded(tmp_path):
 
 
 def test_divergence_is_recorded(tmp_path, monkeypatch):
-    def diverging(model, train_x, test_x, cfg):
+    def diverging(model, train_x, test_x, cfg, should_stop):
         yield from ()
         raise DivergenceError("energy training diverged 6 times; last loss nan")
 
@@ -192,12 +193,142 @@ def test_invalid_requests_are_refused_before_starting(tmp_path):
 
 def test_remaining_time_is_estimated_while_running(tmp_path):
     job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
-    assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0.0002)
+    assert wait_for(lambda: job.snapshot().stage == "energy")
+    assert job.snapshot().stage_remaining is None  # estimating: one event is no pace
+    assert wait_for(lambda: job.snapshot().stage_remaining is not None)
     snap = job.snapshot()
-    assert snap.active and snap.stage == "energy"
-    assert snap.stage_remaining is not None and snap.stage_remaining > 0
-    job.stop()
+    assert snap.active and snap.stage == "energy" and snap.stage_remaining > 0
+    job.stop(by=job.owner)
     assert job.join(60) and job.snapshot().stage_remaining is None
+
+
+def event(step: int, time_s: float, total: int = 1000) -> dict:
+    return {"step": step, "total_steps": total, "time": time_s}
+
+
+def test_the_remaining_time_waits_for_a_measured_pace_and_ignores_the_stage_start():
+    first = event(10, 60.0)  # a minute of loading and code statistics before the stage's first event
+    assert jobs.remaining_seconds(first, first, 61.0) is None
+    assert jobs.remaining_seconds(first, event(20, 62.0), 62.0) is None  # 1% in 2 s: still estimating
+    assert jobs.remaining_seconds(first, event(30, 64.0), 64.0) == pytest.approx(0.2 * 970)  # 2%: 0.2 s per step
+    assert jobs.remaining_seconds(first, event(30, 64.0), 65.0) == pytest.approx(0.2 * 970 - 1)  # counts down
+    assert jobs.remaining_seconds(first, event(12, 90.0), 90.0) == pytest.approx(15 * 988)  # 30 s: a slow stage
+    assert jobs.remaining_seconds(first, event(1000, 99.0), 99.0) is None  # done
+
+
+def test_only_the_session_that_started_a_training_can_stop_it(tmp_path):
+    release = threading.Event()
+    job = jobs.start_training(tiny(), tmp_path, data_loader=loader_waiting_for(release), owner="alice")
+    try:
+        for someone_else in ("mallory", None, ""):
+            with pytest.raises(jobs.NotOwner, match="only the visitor who started this training can stop it"):
+                job.stop(by=someone_else)
+        assert not job.stop_requested and job.snapshot().state in ("starting", "loading data")
+        job.stop(by="alice")
+        assert job.stop_requested and job.snapshot().state == "stopping"
+    finally:
+        release.set()
+    assert job.join(60) and job.snapshot().state == "stopped"
+
+
+def test_a_stop_with_huge_settings_is_honoured_within_an_iteration(tmp_path, monkeypatch):
+    """Within the caps, 500 Langevin steps an update: the stop ends the iteration under way."""
+    blocks = []
+    real_run_chains = training.run_chains
+
+    def counting_run_chains(*args, callback, **kwargs):
+        return real_run_chains(*args, callback=lambda done: blocks.append(done) or callback(done), **kwargs)
+
+    monkeypatch.setattr(training, "run_chains", counting_run_chains)
+    job = jobs.start_training(tiny(ae_epochs=0, ebm_iterations=1000, mcmc_steps=500), tmp_path,
+                              data_loader=jobs.synthetic_data_loader(), owner="alice")
+    assert wait_for(lambda: len(blocks) >= 3)
+    job.stop(by="alice")
+    assert job.join(60)
+    snap = job.snapshot()
+    assert snap.state == "stopped" and snap.events[-1]["losses"] == {}  # the last event says where it stopped
+    assert blocks[-1] < 500  # the stopped iteration never reached its 500th step
+    assert snap.progress["energy"] == snap.events[-1]["step"] / 1000 < 1
+
+
+def test_trainings_above_the_apps_budgets_are_refused_before_starting(tmp_path):
+    before = jobs.latest_job()
+    form_maxima = tiny(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500)
+    with pytest.raises(ModelTooLarge, match="8 hidden layers of 1024"):
+        jobs.start_training(form_maxima, tmp_path, data_loader=jobs.synthetic_data_loader())
+    served_net = tiny(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500)
+    with pytest.raises(TrainingTooCostly, match="lower the Langevin steps per update to at most 58"):
+        jobs.start_training(served_net, tmp_path, data_loader=jobs.synthetic_data_loader())
+    with pytest.raises(TrainingTooCostly, match="lower the iterations to at most"):
+        jobs.start_training(TrainConfig(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    assert jobs.latest_job() is before and runs.list_runs(tmp_path) == []
+
+
+def test_elapsed_is_real_time_and_a_failed_job_says_when_it_failed(tmp_path):
+    release = threading.Event()
+
+    def failing_late(name, split, threshold):
+        release.wait(30)
+        raise DatasetError("MNIST is missing and could not be fetched")
+
+    job = jobs.start_training(tiny(), tmp_path, data_loader=failing_late)
+    time.sleep(0.3)
+    snap = job.snapshot()
+    assert snap.elapsed >= 0.3 and snap.ended_at is None  # the clock runs while the data loads
+    release.set()
+    assert job.join(30)
+    snap = job.snapshot()
+    assert snap.state == "failed" and snap.elapsed >= 0.3
+    assert snap.ended_at == pytest.approx(snap.started_at + snap.elapsed)
+
+
+# ---- stopping inside the training loops ------------------------------------------------------------
+def synthetic_split(split: str, train_size: int = 256) -> torch.Tensor:
+    return jobs.synthetic_data_loader(train_size=train_size)("mnist", split, 0.5)[0]
+
+
+class StopAfter:
+    """A should_stop that says True from its `calls`-th call on, counting every call."""
+
+    def __init__(self, calls: float):
+        self.calls, self.count = calls, 0
+
+    def __call__(self) -> bool:
+        self.count += 1
+        return self.count >= self.calls
+
+
+def test_a_stop_check_that_never_fires_changes_nothing():
+    """Asking should_stop inside the loops draws no random numbers: same seed, same tensors, same events."""
+    cfg = tiny(ae_epochs=2, ebm_iterations=40, mcmc_steps=70)  # 70 steps: two blocks per iteration
+    plain, checked = build_model(cfg), build_model(cfg)
+    plain_events = [(e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)]
+    never = StopAfter(float("inf"))
+    checked_events = [(e.stage, e.step, e.losses)
+                      for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)]
+    assert checked_events == plain_events
+    assert never.count >= 2 * 4 + 40 * 2  # asked before every batch and after every block of Langevin steps
+    for (name, a), b in zip(plain.state_dict().items(), checked.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_stop_inside_the_langevin_steps_drops_that_iteration():
+    cfg = tiny(ae_epochs=0, ebm_iterations=5, mcmc_steps=500)  # 500 steps: 8 blocks of 64 per iteration
+    model = build_model(cfg)
+    before = {k: v.clone() for k, v in model.energy.state_dict().items()}
+    stop = StopAfter(3)  # asked once between the stages, then after each block: True after the second block
+    events = list(train(model, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=stop))
+    assert stop.count == 4  # two blocks, then once more to drop the iteration: 128 of its 500 steps ran
+    assert [(e.stage, e.step, e.losses) for e in events] == [("energy", 0, {})]  # where it stopped: no iteration done
+    assert all(torch.equal(before[k], v) for k, v in model.energy.state_dict().items())  # no half update
+
+
+def test_a_stop_inside_an_autoencoder_epoch_ends_before_the_next_batch():
+    cfg = tiny(ae_epochs=3, ae_batch_size=8)  # 32 batches an epoch
+    model = build_model(cfg)
+    events = list(train(model, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=StopAfter(11)))
+    assert (events[-1].stage, events[-1].step, events[-1].losses) == ("autoencoder", 10, {})
+    assert all(e.stage == "autoencoder" for e in events)
 
 
 # ---- runs -----------------------------------------------------------------------------------------

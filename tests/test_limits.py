@@ -7,6 +7,7 @@ shapes) is checked before a tensor is read or a module allocated (`ebm.checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,22 +17,33 @@ from pathlib import Path
 import pytest
 import torch
 
+from ebm import calibration
 from ebm.checkpoint import MAX_HEADER_BYTES, WeightsError, model_from_bytes, model_to_bytes
 from ebm.landscape import marginal_densities
 from ebm.limits import (
     MAX_APP_PARAMETERS,
     MAX_APP_STEP_MACS,
     MAX_CHAIN_STEPS,
+    MAX_ITERATION_MACS,
+    MAX_TRAINING_MACS,
     REFERENCE_STEP_MACS,
+    STEP_OVERHEAD_MACS,
+    UPDATE_OVERHEAD_MACS,
     ModelTooLarge,
     RequestTooLarge,
+    TrainingTooCostly,
     check_app_architecture,
     check_request_size,
+    check_training_cost,
+    energy_iteration_macs,
     energy_step_macs,
     parameter_count,
+    stage_macs,
+    training_macs,
 )
 from ebm.models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from ebm.scheduler import Cancelled
+from ebm.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,3 +156,71 @@ def test_the_grid_quadrature_stops_when_asked(tiny_model):
     with pytest.raises(Cancelled, match="after 3 of 8 slices"):
         marginal_densities(tiny_model[0], resolution=8, should_stop=stop_after_three)
     assert asked == [1, 2, 3]
+
+
+# ---- training ------------------------------------------------------------------------------------
+def test_a_training_costs_its_epochs_and_iterations():
+    default = TrainConfig()
+    per_image = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 4)  # forward through the six layers, backward twice that
+    epoch = 60_000 * per_image + 469 * UPDATE_OVERHEAD_MACS  # 469 batches of 128
+    iteration = 20 * (512 * REFERENCE_STEP_MACS + STEP_OVERHEAD_MACS) + 1024 * REFERENCE_STEP_MACS * 3 // 2 + UPDATE_OVERHEAD_MACS
+    assert stage_macs(default) == {"autoencoder": 12 * epoch, "energy": 16_000 * iteration}
+    assert energy_iteration_macs(default) == iteration and training_macs(default) == 12 * epoch + 16_000 * iteration
+    assert MAX_TRAINING_MACS / 6 < training_macs(default) < MAX_TRAINING_MACS / 4  # the defaults: a fifth of the cap
+    check_training_cost(default)
+    assert stage_macs(TrainConfig(ae_epochs=0))["autoencoder"] == 0
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(ae_hidden_dim=2048, ae_batch_size=4096), r"^one autoencoder batch of 4,096 images 2,048 wide costs 143 billion "
+     r"multiply-adds, above the cap of 100 billion per batch \(a few seconds\): lower stage 1's batch size to at most 2,868"),
+    (dict(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500), r"^one energy-net iteration of 4,096 × 500 "
+     r"Langevin steps costs 817 billion .* lower the Langevin steps per update to at most 58, or stage 2's batch size$"),
+    (dict(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500), r"lower stage 2's batch size$"),
+    (dict(ae_epochs=200), r"^the whole training costs 62 trillion multiply-adds, above the app's cap of 60 trillion "
+     r"\(about 30 minutes\): lower the epochs to at most 193 \(`python -m ebm train` has no cap\)$"),
+    (dict(ebm_iterations=100_000), r"lower the iterations to at most 98,786 "),
+    (dict(ae_epochs=0, ebm_iterations=100_000, ebm_hidden_dim=8, ebm_batch_size=8, mcmc_steps=500),  # tiny steps, many
+     r"lower the iterations to at most"),
+    (dict(ae_hidden_dim=2048, ae_epochs=200, ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=1024, mcmc_steps=100,
+          ebm_iterations=100_000), r"lower the iterations and the epochs"),
+])
+def test_a_training_above_the_caps_is_refused_naming_the_setting_to_lower(settings, match):
+    with pytest.raises(TrainingTooCostly, match=match):
+        check_training_cost(TrainConfig(**settings))
+
+
+def test_what_a_refusal_suggests_fits():
+    check_training_cost(TrainConfig(ae_hidden_dim=2048, ae_batch_size=2868))
+    check_training_cost(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=58, ebm_iterations=500))
+    assert energy_iteration_macs(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59)) > MAX_ITERATION_MACS
+    check_training_cost(TrainConfig(ae_epochs=193))
+    check_training_cost(TrainConfig(ebm_iterations=98_786))
+
+
+def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
+    """`ebm.calibration` times a miniature of the training through the real code, once per shape."""
+    timed = []
+    real_train = calibration.train
+
+    def counting_train(model, train_images, test_images, cfg):
+        timed.append((cfg.ae_hidden_dim, cfg.ae_batch_size, cfg.ebm_batch_size, cfg.mcmc_steps, len(train_images)))
+        return real_train(model, train_images, test_images, cfg)
+
+    monkeypatch.setattr(calibration, "train", counting_train)
+    calibration._paces.cache_clear()
+    small = TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8, ebm_layers=2, ebm_batch_size=1024, mcmc_steps=50, ebm_iterations=300)
+    try:
+        seconds = calibration.estimate_seconds(small)
+        assert timed == [(16, 128, 256, 20, 3 * 128)]  # 3 batches of 128; 256 chains of 20 steps
+        longer = calibration.estimate_seconds(dataclasses.replace(small, ebm_iterations=600))
+        calibration.estimate_seconds(dataclasses.replace(small, ae_epochs=1))
+        assert len(timed) == 1  # same shapes, other lengths: no second timing
+        paces = calibration._paces(dataclasses.astuple(calibration.miniature(small)))
+        assert set(paces) == {"autoencoder", "energy"} and all(0 < p < float("inf") for p in paces.values())
+        assert seconds == pytest.approx(sum(m / paces[s] for s, m in stage_macs(small).items()))
+        assert longer == pytest.approx(seconds + stage_macs(small)["energy"] / paces["energy"])  # twice the iterations
+        calibration.estimate_seconds(dataclasses.replace(small, ae_hidden_dim=32))
+        assert len(timed) == 2  # another width: timed again
+    finally:
+        calibration._paces.cache_clear()
