@@ -550,7 +550,7 @@ def test_train_start_watch_and_stop(page, server):
     assert_no_exception(page, "train while running")
 
     stop.click()
-    main(page).get_by_text("stopped (what was trained is saved)").wait_for(timeout=120_000)
+    main(page).get_by_text("(what was trained is saved)").wait_for(timeout=120_000)
     main(page).get_by_text("Saved as run").wait_for(timeout=60_000)
     settle(page)
     shot(page, "train_stopped")
