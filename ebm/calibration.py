@@ -4,7 +4,8 @@ The cost model (`ebm.limits.stage_macs`) counts a training's multiply-adds; how 
 machine does per second depends on its cores, its BLAS and the matrices' shapes. So a miniature
 of the training (a few autoencoder batches and a few stage-2 iterations of the configured widths,
 batches cut to `CALIBRATION_BATCH`, on random images) runs through the real training code once
-per shape and process, and each stage is estimated at its miniature's pace. One calibration
+per shape and process (twice: the first run compiles and warms up), and each stage is estimated at its
+miniature's pace. One calibration
 runs at a time, its random numbers forked away from the process's.
 """
 
@@ -42,7 +43,8 @@ def _paces(mini_fields: tuple) -> dict[str, float]:
     train_images = CALIBRATION_BATCHES * mini.ae_batch_size
     with _one_at_a_time, torch.random.fork_rng(devices=[]):
         images = (torch.rand(train_images + 8, 784) < 0.2).float()
-        seconds = {ev.stage: ev.elapsed for ev in train(build_model(mini), images[:train_images], images[train_images:], mini)}
+        for _ in range(2):  # the first run pays for compiling the kernel and first allocations: time the second
+            seconds = {ev.stage: ev.elapsed for ev in train(build_model(mini), images[:train_images], images[train_images:], mini)}
     return {stage: macs / max(seconds[stage], 1e-6) for stage, macs in stage_macs(mini, train_images).items()}
 
 
