@@ -212,15 +212,15 @@ def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
     small = TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8, ebm_layers=2, ebm_batch_size=1024, mcmc_steps=50, ebm_iterations=300)
     try:
         seconds = calibration.estimate_seconds(small)
-        assert timed == [(16, 128, 256, 20, 3 * 128)]  # 3 batches of 128; 256 chains of 20 steps
+        assert timed == [(16, 128, 256, 20, 3 * 128)] * 2  # 3 batches of 128; 256 chains of 20 steps; warm-up, then timed
         longer = calibration.estimate_seconds(dataclasses.replace(small, ebm_iterations=600))
         calibration.estimate_seconds(dataclasses.replace(small, ae_epochs=1))
-        assert len(timed) == 1  # same shapes, other lengths: no second timing
+        assert len(timed) == 2  # same shapes, other lengths: no second timing
         paces = calibration._paces(dataclasses.astuple(calibration.miniature(small)))
         assert set(paces) == {"autoencoder", "energy"} and all(0 < p < float("inf") for p in paces.values())
         assert seconds == pytest.approx(sum(m / paces[s] for s, m in stage_macs(small).items()))
         assert longer == pytest.approx(seconds + stage_macs(small)["energy"] / paces["energy"])  # twice the iterations
         calibration.estimate_seconds(dataclasses.replace(small, ae_hidden_dim=32))
-        assert len(timed) == 2  # another width: timed again
+        assert len(timed) == 4  # another width: timed again
     finally:
         calibration._paces.cache_clear()
