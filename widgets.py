@@ -243,11 +243,10 @@ def seed_input(param: Param, label: str = "Seed", resample_label: str = "Resampl
     def new_seed() -> None:
         st.session_state[param.key] = random.randint(int(param.lo), int(param.hi))
 
-    col_seed, col_button = st.columns([1, 1], vertical_alignment="bottom")
-    with col_button:
-        st.button(resample_label, icon=":material/casino:", on_click=new_seed, help="Draw again with a new random seed", width="stretch")
-    with col_seed:
-        return param_number(param, label, step=1)
+    with st.container(horizontal=True, vertical_alignment="bottom"):  # the button keeps its whole label; it wraps below if need be
+        seed = param_number(param, label, step=1, width="stretch")
+        st.button(resample_label, icon=":material/casino:", on_click=new_seed, help="Draw again with a new random seed")
+    return seed
 
 
 def device_picker(key: str = "device") -> str:
@@ -575,3 +574,55 @@ def download_run_button(path: Path, label: str = "Download weights", key: str | 
     st.download_button(label, data=lambda: Path(path).read_bytes(), file_name=f"{Path(path).parent.name}.safetensors",
                        mime="application/octet-stream", key=key, on_click="ignore",
                        icon=":material/download:")
+
+
+# ---- readable views of many digits -----------------------------------------------------------------
+GRID_PREVIEW = 64  # digits in a sample grid shown by default: an 8 x 8 grid stays readable in a column
+GALLERY_PER_CLASS = 1
+
+
+def first_samples_png(loaded: LoadedModel, codes: np.ndarray, n: int = GRID_PREVIEW) -> bytes:
+    """The first `n` final codes of a sample, decoded as binary digits in a PNG grid (scale 2), like `SampleView.png`
+    but few enough that each digit reads at a column's width; the chains are the ones the animation shows."""
+    from ebm.generate import decode_binary
+    from ebm.images import png_bytes
+
+    first = torch.as_tensor(np.asarray(codes[:n], dtype=np.float32))
+    with torch.no_grad():
+        images = decode_binary(loaded.model, first)
+    return png_bytes(image_grid(images, ncols=math.ceil(math.sqrt(len(first))), scale=2))
+
+
+def gallery_indices(labels: np.ndarray, draw: int, per_class: int = GALLERY_PER_CLASS) -> np.ndarray:
+    """Indices of `per_class` test digits of each class present, in class order: the first ones for draw 0
+    (so the default endpoints #0 and #1 are among them), a seeded random pick for each later draw."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(draw)
+    picked = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = min(per_class, len(members))
+        picked.extend(members[:take] if draw == 0 else np.sort(rng.choice(members, take, replace=False)))
+    return np.asarray(picked, dtype=int)
+
+
+def digit_gallery(title: str, images: np.ndarray, labels: np.ndarray, indices: Sequence[int], key: str) -> None:
+    """A wrapping row of small test digits, each with a button that sets `st.session_state[key]` to its index.
+
+    The chosen digit's button is highlighted. Pictures cannot be buttons in Streamlit, so each picture
+    has its label as a button under it; the row wraps on narrow screens instead of stacking like columns.
+    """
+
+    def choose(index: int) -> None:
+        st.session_state[key] = index
+
+    st.markdown(f"**{title}**")
+    with st.container(horizontal=True, gap="xsmall", key=f"{key}_gallery"):
+        for index in indices:
+            index = int(index)
+            with st.container(width=56, gap="xxsmall"):
+                st.image(digit_picture(images[index], scale=2), width=56, output_format="PNG")
+                chosen = st.session_state.get(key) == index
+                st.button(str(int(labels[index])), key=f"{key}_pick_{index}", on_click=choose, args=(index,),
+                          type="primary" if chosen else "secondary", width=56,
+                          help=f"test digit #{index}" + (" (chosen)" if chosen else ""))

@@ -44,19 +44,25 @@ PARAMS = [
     widgets.Param("view", "x_view", "energy", choices=("energy", "density")),
     *[widgets.Param(f"z{k}", f"x_fix{k}", 0.0, -FIXED_RANGE, FIXED_RANGE) for k in range(d)],
 ]
-P = {p.name: p for p in PARAMS}
-url_messages = widgets.url_to_state(PARAMS, "explorer")
-
 st.caption(f"The energy E(z) of the model lives on a {d}-D space of standardized codes. "
            "Pick two dimensions to see a slice through it; the other dimensions stay at the values you set.")
-widgets.show_url_messages(url_messages)
+messages = st.container()  # the link's messages go above the data's
 
 test = widgets.data_codes(loaded, "test", TEST_CODES)  # None (with a message) when the test set is missing
 codes = labels = images = None
 if test is not None:
     codes, labels, images = (t.numpy() for t in test)
+    last = len(codes) - 1  # the interpolation's endpoints are test digits, kept in the URL
+    PARAMS += [widgets.Param("from", "x_from", 0, 0, last), widgets.Param("to", "x_to", min(1, last), 0, last)]
+P = {p.name: p for p in PARAMS}
+url_messages = widgets.url_to_state(PARAMS, "explorer")
+with messages:
+    widgets.show_url_messages(url_messages)
 
-controls, plot_col, digit_col = st.columns([1, 2.6, 1], gap="medium")
+# The map comes first: on a narrow screen columns stack in this order, so it shows before the controls,
+# with the decoded point (what a click on the map gives) between them.
+plot_col, side = st.columns([2.4, 1.1], gap="medium")
+digit_col, controls = side.container(), side.container()
 with controls:
     pair = st.selectbox("Slice through dims", P["pair"].choices, key=P["pair"].key, persist_state="session",
                         format_func=lambda p: "z{} × z{}".format(*p.split("-")))
@@ -64,7 +70,8 @@ with controls:
     others = [k for k in range(d) if k not in (i, j)]
     for k in others:
         widgets.param_slider(P[f"z{k}"], f"z{k} held at", step=0.05)
-    widgets.param_select(P["view"], "Show", format_func={"energy": "energy E", "density": "density ∝ e^−E"}.get)
+    widgets.param_select(P["view"], "Show", format_func={"energy": "energy E", "density": "density ∝ e^−E"}.get,
+                         help="Density: e^−E normalized over the slice")
     show_codes = st.toggle("Test-set codes", value=True, key="x_show_codes", help="Codes of test digits, projected on the plane")
     show_paths = st.toggle("Sampled chain paths", value=True, key="x_show_paths", help="MALA chains from noise, projected")
 widgets.state_to_url(PARAMS)
@@ -153,7 +160,7 @@ with digit_col:
     code_tensor = torch.as_tensor(np.asarray(picked_code, dtype=np.float32))[None]
     decoded = loaded.model.decode(code_tensor)[0].numpy()
     energy_here = float(energies(loaded.model, code_tensor)[0])
-    st.image(widgets.digit_picture(decoded, scale=6), caption=picked_title, width="stretch", output_format="PNG")
+    st.image(widgets.digit_picture(decoded, scale=6), caption=picked_title, width=168, output_format="PNG")
     st.caption(f"E = {energy_here:.3f} · code = ({', '.join(f'{v:.2f}' for v in np.asarray(picked_code))})")
     if picked_original is not None:
         st.image(widgets.digit_picture(picked_original, scale=3), caption="the test image itself", width=100, output_format="PNG")
@@ -161,30 +168,35 @@ with digit_col:
 # ---- interpolation ----------------------------------------------------------------------------
 st.divider()
 st.subheader("Interpolate between two digits")
-left, right = st.columns([1, 3.6], gap="medium")
-with left:
-    if codes is not None:
-        n = len(codes)
-        a = st.number_input("From test digit #", 0, n - 1, value=0, step=1, key="x_from")
-        b = st.number_input("To test digit #", 0, n - 1, value=1, step=1, key="x_to")
-        start, end = codes[a], codes[b]
-        what = f"test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})"
-    else:
-        st.caption("No test set here: interpolating between two sampled digits instead.")
-        endpoints = widgets.cached_sample_view(loaded, PATHS).final_codes
-        a = st.number_input("From sample #", 0, len(endpoints) - 1, value=0, key="x_from_s")
-        b = st.number_input("To sample #", 0, len(endpoints) - 1, value=1, key="x_to_s")
-        start, end = endpoints[a], endpoints[b]
-        what = f"sample #{a} → sample #{b}"
-    steps = st.slider("Points on the path", 3, 24, 12, key="x_interp_steps")
+if codes is not None:
+    st.caption("Pick a start and an end digit (the button under each gives its label), or type any test digit's number.")
+    draw = st.session_state.setdefault("x_gallery_draw", 0)
+    shown = widgets.gallery_indices(labels, draw)
+    widgets.digit_gallery("Start", images, labels, shown, P["from"].key)
+    widgets.digit_gallery("End", images, labels, shown, P["to"].key)
+    with st.container(horizontal=True, vertical_alignment="bottom"):
+        a = widgets.param_number(P["from"], "Start: test digit #", step=1, width=150)
+        b = widgets.param_number(P["to"], "End: test digit #", step=1, width=150)
+        st.button("Other digits", icon=":material/shuffle:", key="x_gallery_shuffle", help="Show another digit of each class",
+                  on_click=lambda: st.session_state.update(x_gallery_draw=draw + 1))
+    start, end = codes[a], codes[b]
+    what = f"test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})"
+else:
+    st.caption("No test set here: interpolating between two sampled digits instead.")
+    endpoints = widgets.cached_sample_view(loaded, PATHS).final_codes
+    with st.container(horizontal=True):
+        a = st.number_input("From sample #", 0, len(endpoints) - 1, value=0, key="x_from_s", width=150)
+        b = st.number_input("To sample #", 0, len(endpoints) - 1, value=1, key="x_to_s", width=150)
+    start, end = endpoints[a], endpoints[b]
+    what = f"sample #{a} → sample #{b}"
+steps = st.slider("Points on the path", 3, 24, 12, key="x_interp_steps")
 path = interpolate(loaded.model, start, end, steps)
-with right:
-    st.image(widgets.strip_picture(path.images, scale=2), caption=f"Straight line in code space: {what}", output_format="PNG",
-             width="stretch")
-    fig = go.Figure(go.Scatter(x=path.alphas, y=path.energies, mode="lines+markers"))
-    fig.update_layout(height=230, margin=dict(l=10, r=10, t=30, b=10), title="Energy along the path",
-                      xaxis_title="position on the path (0 = start, 1 = end)", yaxis_title="E")
-    st.plotly_chart(fig, key="interp_energy")
+st.image(widgets.strip_picture(path.images, scale=2), caption=f"Straight line in code space: {what}", output_format="PNG",
+         width="stretch")
+fig = go.Figure(go.Scatter(x=path.alphas, y=path.energies, mode="lines+markers"))
+fig.update_layout(height=230, margin=dict(l=10, r=10, t=30, b=10), title="Energy along the path",
+                  xaxis_title="position on the path (0 = start, 1 = end)", yaxis_title="E")
+st.plotly_chart(fig, key="interp_energy")
 
 # ---- marginals ---------------------------------------------------------------------------------
 st.divider()

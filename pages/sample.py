@@ -38,7 +38,8 @@ if st.session_state.get("s_start") == "data":  # before the widgets: without the
     else:
         data_codes = found[0]
 
-controls, output = st.columns([1, 2.4], gap="large")
+# The output column comes first: on a narrow screen columns stack in this order, so the digits show before the controls.
+output, controls = st.columns([2.2, 1], gap="large")
 with controls:
     widgets.param_select(P["sampler"], "Sampler", format_func=str.upper,
                          help="ULA takes every Langevin step; MALA adds a Metropolis-Hastings test that makes the chain exact")
@@ -47,8 +48,8 @@ with controls:
     widgets.param_slider(P["K"], "Steps K", step=1)
     widgets.param_slider(P["chains"], "Chains", step=1, help="One digit per chain")
     widgets.param_slider(P["every"], "Record every s steps", step=1, help="One animation frame per s steps")
-    widgets.param_select(P["start"], "Start from",
-                         format_func={"noise": "noise N(0, I)", "data": "random data codes"}.get)
+    widgets.param_select(P["start"], "Start from", format_func={"noise": "noise", "data": "data codes"}.get,
+                         help="Noise: codes drawn from N(0, I). Data codes: codes of random training digits")
     widgets.seed_input(P["seed"])
 widgets.state_to_url(PARAMS)
 
@@ -72,30 +73,41 @@ with output:
                  width="stretch")
         st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
     with final:
-        st.image(view.png, caption=f"{widgets.plural(view.num_chains, 'sample')} after step {view.steps_done}", width="stretch",
-                 output_format="PNG")  # Streamlit would re-encode it as a JPEG: blurred binary digits
-        st.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png", on_click="ignore")
-
-    traces, accept = st.columns([3, 2])
-    with traces:
-        fig = go.Figure()
-        for c in range(view.energy_traces.shape[1]):
-            fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1, color=CHAIN_GREY),
-                            name=f"chain {c}", showlegend=False)
-        fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color=MEAN_RED),
-                        name=f"mean of {widgets.plural(view.num_chains, 'chain')}")
-        fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=320,
-                          margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
-        st.plotly_chart(fig, key="energy_traces")
-    with accept:
-        if settings.sampler == "mala":
-            st.metric("Mean MALA acceptance", f"{view.mean_acceptance:.1%}",
-                      help="About 57% is optimal for MALA; much lower means ε is too large")
-            fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
-            fig.update_layout(title="Acceptance (mean over chains)", xaxis_title="step",
-                              yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))
-            st.plotly_chart(fig, key="acceptance")
+        samples = f"{widgets.plural(view.num_chains, 'sample')} after step {view.steps_done}"
+        if view.num_chains > widgets.GRID_PREVIEW and not st.session_state.get("s_show_all"):
+            grid, caption = widgets.first_samples_png(loaded, view.final_codes), f"{samples}: the first {widgets.GRID_PREVIEW} shown"
         else:
-            st.metric("Acceptance", "100%", help="ULA takes every step; switch to MALA to see the Metropolis test at work")
-            st.caption("ULA is biased for finite ε: large steps blur the landscape. MALA corrects this exactly.")
-    st.caption("The URL holds these settings: copy it to share this exact sample.")
+            grid, caption = view.png, samples
+        st.image(grid, caption=caption, width="stretch",
+                 output_format="PNG")  # Streamlit would re-encode it as a JPEG: blurred binary digits
+        buttons = st.container(horizontal=True, vertical_alignment="center")
+        buttons.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png",
+                                on_click="ignore", help="The whole grid")
+        if view.num_chains > widgets.GRID_PREVIEW:
+            buttons.toggle(f"Show all {view.num_chains:,}", key="s_show_all",
+                           help="Every chain's digit, smaller; open the picture full screen to zoom")
+
+# the charts span the page below the pictures and controls
+traces, accept = st.columns([3, 2])
+with traces:
+    fig = go.Figure()
+    for c in range(view.energy_traces.shape[1]):
+        fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1, color=CHAIN_GREY),
+                        name=f"chain {c}", showlegend=False)
+    fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color=MEAN_RED),
+                    name=f"mean of {widgets.plural(view.num_chains, 'chain')}")
+    fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
+    st.plotly_chart(fig, key="energy_traces")
+with accept:
+    if settings.sampler == "mala":
+        st.metric("Mean MALA acceptance", f"{view.mean_acceptance:.1%}",
+                  help="About 57% is optimal for MALA; much lower means ε is too large")
+        fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
+        fig.update_layout(title="Acceptance (mean over chains)", xaxis_title="step",
+                          yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))
+        st.plotly_chart(fig, key="acceptance")
+    else:
+        st.metric("Acceptance", "100%", help="ULA takes every step; switch to MALA to see the Metropolis test at work")
+        st.caption("ULA is biased for finite ε: large steps blur the landscape. MALA corrects this exactly.")
+st.caption("The URL holds these settings: copy it to share this exact sample.")

@@ -1,0 +1,115 @@
+"""The Sample and Latent explorer pages as a first visitor uses them: picking the interpolation's
+endpoints from a gallery of digits, a big sample grid shown readably, and every page still running.
+
+AppTest with the shipped weights, as in test_app.py (whose fixtures and helpers this reuses).
+"""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import widgets
+from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
+
+from test_app import environment, image_captions, open_page, plain, plotly_spec, tiny_mnist  # noqa: F401 (fixtures)
+
+
+def gallery(at, key: str) -> list[int]:
+    """The test-digit indices a gallery shows, in order, from its buttons' keys."""
+    prefix = f"{key}_pick_"
+    return [int(b.key[len(prefix):]) for b in at.button if b.key and b.key.startswith(prefix)]
+
+
+def interpolation_caption(at) -> str:
+    return next(c for c in image_captions(at) if c.startswith("Straight line"))
+
+
+# ---- explorer: the interpolation's endpoints -------------------------------------------------------
+def test_clicking_gallery_digits_sets_the_interpolation_endpoints(tiny_mnist):
+    labels = tiny_mnist["t10k-labels-idx1-ubyte"]
+    at = open_page("pages/explorer.py")
+    starts, ends = gallery(at, "x_from"), gallery(at, "x_to")
+    assert starts == ends and len(starts) == len(np.unique(labels))  # one digit of each class, in class order
+    assert [labels[i] for i in starts] == sorted(labels[i] for i in starts)
+    assert {0, 1} <= set(starts)  # the default endpoints are among them, and chosen
+    assert at.button(key="x_from_pick_0").proto.type == "primary" and at.button(key="x_to_pick_1").proto.type == "primary"
+    before = plotly_spec(at, "interp_energy")["data"][0]["y"]
+
+    a, b = [i for i in starts if i not in (0, 1)][:2]
+    at.button(key=f"x_from_pick_{a}").click().run()
+    at.button(key=f"x_to_pick_{b}").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert f"test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})" in interpolation_caption(at)
+    assert at.number_input(key="x_from").value == a and at.number_input(key="x_to").value == b
+    assert at.button(key=f"x_from_pick_{a}").proto.type == "primary" and at.button(key="x_from_pick_0").proto.type == "secondary"
+    assert plotly_spec(at, "interp_energy")["data"][0]["y"] != before  # other endpoints, another energy profile
+    assert at.query_params["from"] == str(a) and at.query_params["to"] == str(b)
+
+
+def test_other_digits_shows_another_gallery_and_keeps_the_endpoints(tiny_mnist):
+    at = open_page("pages/explorer.py")
+    first = gallery(at, "x_from")
+    at.button(key="x_gallery_shuffle").click().run()
+    assert not at.exception
+    assert gallery(at, "x_from") != first and gallery(at, "x_to") == gallery(at, "x_from")
+    assert "test #0 " in interpolation_caption(at) and "→ test #1 " in interpolation_caption(at)
+
+
+def test_the_endpoints_come_from_the_url(tiny_mnist):
+    labels = tiny_mnist["t10k-labels-idx1-ubyte"]
+    at = open_page("pages/explorer.py", {"from": "5", "to": "17"})
+    assert f"test #5 (label {labels[5]}) → test #17 (label {labels[17]})" in interpolation_caption(at)
+    at = open_page("pages/explorer.py", {"from": "99999", "to": "x"})
+    text = plain(at.warning[0].value)
+    assert "from=99999 in the URL is above the maximum" in text and "to=x in the URL is not a number" in text
+    assert at.number_input(key="x_from").value == len(labels) - 1
+
+
+def test_gallery_indices_pick_each_class_reproducibly():
+    labels = np.array([3, 1, 3, 0, 1, 3, 0])
+    assert widgets.gallery_indices(labels, 0).tolist() == [3, 1, 0]  # the first of each class
+    drawn = widgets.gallery_indices(labels, 5)
+    assert labels[drawn].tolist() == [0, 1, 3] and drawn.tolist() == widgets.gallery_indices(labels, 5).tolist()
+    assert len(widgets.gallery_indices(labels, 1, per_class=2)) == 6
+
+
+# ---- sample: big grids ---------------------------------------------------------------------------
+def test_a_big_grid_shows_its_first_64_digits_and_says_so():
+    at = open_page("pages/sample.py", {"chains": "1024", "K": "5"})
+    assert "1,024 samples after step 5: the first 64 shown" in image_captions(at)
+    show_all = at.toggle(key="s_show_all")
+    assert show_all.label == "Show all 1,024" and not show_all.value
+    show_all.set_value(True).run()
+    assert not at.exception
+    assert "1,024 samples after step 5" in image_captions(at)
+    assert not any("first 64 shown" in c for c in image_captions(at))
+
+
+def test_a_grid_of_64_or_fewer_is_shown_whole():
+    at = open_page("pages/sample.py", {"chains": "64", "K": "5"})
+    assert "64 samples after step 5" in image_captions(at)
+    assert not [t for t in at.toggle if t.key == "s_show_all"]
+
+
+def test_the_readable_subset_is_an_8_by_8_grid_of_the_first_chains():
+    model, meta = load_model(SHIPPED_WEIGHTS)
+    loaded = widgets.LoadedModel(model, meta, ("test",), "shipped", widgets.SHIPPED)
+    codes = np.random.default_rng(0).standard_normal((1024, model.latent_dim)).astype(np.float32)
+    picture = np.asarray(Image.open(io.BytesIO(widgets.first_samples_png(loaded, codes))))
+    assert picture.shape == ((8 * 30 + 2) * 2,) * 2  # 8 x 8 cells of 28 px and 2 px padding, at scale 2
+    assert np.array_equal(picture, np.asarray(Image.open(io.BytesIO(widgets.first_samples_png(loaded, codes[:64])))))
+
+
+# ---- every page still runs -------------------------------------------------------------------------
+PAGES = ["pages/home.py", "pages/sample.py", "pages/explorer.py", "pages/train.py"]
+
+
+@pytest.mark.parametrize("with_data", [False, True], ids=["no-data", "data"])
+@pytest.mark.parametrize("page", PAGES, ids=[p.split("/")[1][:-3] for p in PAGES])
+def test_every_page_runs(page, with_data, request):
+    if with_data:
+        request.getfixturevalue("tiny_mnist")
+    at = open_page(page, {"K": "5", "chains": "4"} if page == "pages/sample.py" else None)
+    assert not at.exception and at.title
