@@ -523,6 +523,7 @@ def _fill(page, header: str, label: str, value) -> None:
 
 
 def test_train_start_watch_and_stop(page, server):
+    earlier = set(server["runs"].glob("*/model.safetensors"))  # other tests' runs share the server
     open_page(page, server, "train", "Train your own model")
     shot(page, "train_form")
     for (header, label), value in TINY_TRAINING.items():
@@ -554,8 +555,8 @@ def test_train_start_watch_and_stop(page, server):
     main(page).get_by_text("Saved as run").wait_for(timeout=60_000)
     settle(page)
     shot(page, "train_stopped")
-    saved = list(server["runs"].glob("*/model.safetensors"))
-    assert len(saved) == 1, f"expected one saved run, found {saved}"
+    saved = sorted(set(server["runs"].glob("*/model.safetensors")) - earlier)
+    assert len(saved) == 1, f"expected one new saved run, found {saved}"
     from ebm.checkpoint import load_model
 
     _, meta = load_model(saved[0])
