@@ -70,8 +70,8 @@ with controls:
     others = [k for k in range(d) if k not in (i, j)]
     for k in others:
         widgets.param_slider(P[f"z{k}"], f"z{k} held at", step=0.05)
-    widgets.param_select(P["view"], "Show", format_func={"energy": "energy E", "density": "density ∝ e^−E"}.get,
-                         help="Density: e^−E normalized over the slice")
+    widgets.param_select(P["view"], "Show", format_func={"energy": "energy E", "density": "density ∝ e⁻ᴱ"}.get,
+                         help="Density: e⁻ᴱ normalized over the slice")
     show_codes = st.toggle("Test-set codes", value=True, key="x_show_codes", help="Codes of test digits, projected on the plane")
     show_paths = st.toggle("Sampled chain paths", value=True, key="x_show_paths", help="MALA chains from noise, projected")
 widgets.state_to_url(PARAMS)

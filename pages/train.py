@@ -86,13 +86,13 @@ def config_fields() -> TrainConfig:
             values["negatives_every"] = number_field("negatives_every", GENERAL["negatives_every"])
         with top[3]:
             values["device"] = widgets.device_picker("t_device")
-        s1, s2 = st.columns(2, gap="large")
-        with s1:
+        # one stage under the other, four fields a row: side by side, the fields were too narrow at 1200 px
+        with st.container(key="stage_1"):
             st.markdown("**Stage 1 · autoencoder** (binary cross-entropy, noisy codes)")
-            values.update(stage_fields(STAGE1, 2))
-        with s2:
+            values.update(stage_fields(STAGE1, 4))
+        with st.container(key="stage_2"):
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
-            values.update(stage_fields(STAGE2, 3))
+            values.update(stage_fields(STAGE2, 4))
             values["sampler"] = st.segmented_control("Negatives sampler", ("mala", "ula"), default=DEFAULTS.sampler,
                                                      key="t_sampler", required=True, format_func=str.upper)
     known = {f.name for f in fields(TrainConfig)}

@@ -515,9 +515,8 @@ def wait_for_more_points(page, title: str, than: int, timeout: int = 180_000) ->
 
 
 def _fill(page, header: str, label: str, value) -> None:
-    column = main(page).locator('[data-testid="stColumn"]').filter(
-        has=page.locator('[data-testid="stMarkdownContainer"]').get_by_text(header)).last
-    box = column.get_by_label(label, exact=True)
+    stage = main(page).locator(f".st-key-{header.lower().replace(' ', '_')}")  # the stage's own container
+    box = stage.get_by_label(label, exact=True)
     box.fill(str(value))
     box.press("Tab")
 
