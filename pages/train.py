@@ -61,12 +61,14 @@ def number_field(name: str, spec: tuple) -> float | int:
 
 
 def stage_fields(specs: dict, ncols: int) -> dict:
-    """One number field per hyperparameter of a stage, laid out in `ncols` columns."""
-    cols = st.columns(ncols)
+    """One number field per hyperparameter of a stage, `ncols` a row (rows of columns, so that a
+    phone, which stacks the columns, keeps the fields in their order)."""
     values = {}
-    for n, (name, spec) in enumerate(specs.items()):
-        with cols[n % ncols]:
-            values[name] = number_field(name, spec)
+    items = list(specs.items())
+    for start in range(0, len(items), ncols):
+        for col, (name, spec) in zip(st.columns(ncols), items[start:start + ncols]):
+            with col:
+                values[name] = number_field(name, spec)
     return values
 
 
