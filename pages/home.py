@@ -58,9 +58,9 @@ with idea:
         "Any shape of landscape is allowed, but $Z_\\theta$ is an integral over the whole space. "
         "Training by maximum likelihood needs only its gradient, which is an expectation under the model:"
     )
-    st.latex(
-        r"\nabla_\theta \log p_\theta(z_{\text{data}}) = -\nabla_\theta E_\theta(z_{\text{data}})"
-        r" + \mathbb{E}_{\tilde z \sim p_\theta}\!\left[\nabla_\theta E_\theta(\tilde z)\right]"
+    st.latex(  # two lines: on one, a phone had to scroll it
+        r"\begin{gathered}\nabla_\theta \log p_\theta(z_{\text{data}}) = -\nabla_\theta E_\theta(z_{\text{data}})\\"
+        r" {} + \mathbb{E}_{\tilde z \sim p_\theta}\!\left[\nabla_\theta E_\theta(\tilde z)\right]\end{gathered}"
     )
     st.markdown(
         "Contrastive divergence estimates the second term with *negative samples* $\\tilde z$ drawn from the "

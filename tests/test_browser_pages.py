@@ -1,5 +1,5 @@
-"""Sample and Latent explorer in a real browser at the widths visitors use: the output before the
-controls on a phone, no label or option cut short, gallery clicks and a big grid's readable subset.
+"""The pages in a real browser at the widths visitors use: no label or option cut short on any page
+(light and dark), the output before the controls on a phone, gallery clicks and a big grid's readable subset.
 
 The server, browser and helpers are test_browser.py's (same skips, same Chromium); screenshots land
 in artifacts/screenshots/. Locators are scoped to the main block; waits are on state, never sleeps.
@@ -13,11 +13,13 @@ from test_browser import MAIN, browser, main, open_page, page, server, settle, s
 
 WIDTHS = [1400, 1200, 420]
 CLIPPED = f"""() => [...document.querySelectorAll('{MAIN} *')]
-    .filter(e => e.offsetParent !== null && !e.closest('[data-testid="stPlotlyChart"]') && e.innerText
-                 && getComputedStyle(e).overflowX !== 'visible' && e.scrollWidth > e.clientWidth + 1)
+    .filter(e => e.offsetParent !== null && !e.closest('[data-testid="stPlotlyChart"], .katex') && e.innerText
+                 && getComputedStyle(e).overflowX !== 'visible'
+                 && e.scrollWidth > e.clientWidth + (e.classList.contains('katex-display') ? 4 : 1))
     .map(e => e.innerText.trim())"""
 """Texts in the main block that are cut short: an element that hides or scrolls what does not fit (a label's
-ellipsis, a segmented control scrolling its options) and is narrower than its content. Charts draw their own."""
+ellipsis, a segmented control scrolling its options) and is narrower than its content. Charts and KaTeX
+formulas lay out their own boxes (a multi-line formula's box overflows by 2 px of struts, which show nothing)."""
 
 
 @pytest.fixture(params=WIDTHS, ids=[f"{w}px" for w in WIDTHS])
@@ -39,10 +41,18 @@ def _top(locator) -> float:
     return box["y"]
 
 
-@pytest.mark.parametrize("path,heading", [("sample", "Sample digits"), ("explorer", "Latent explorer")])
-def test_no_label_or_option_is_cut_short(sized_page, server, path, heading):
+PAGES = [("", "Digits from an energy landscape"), ("sample", "Sample digits"), ("explorer", "Latent explorer"),
+         ("train", "Train your own model")]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("path,heading", PAGES, ids=[p or "home" for p, _ in PAGES])
+def test_no_label_or_option_is_cut_short(sized_page, server, path, heading, scheme):
+    """Every page at each width, in the light and the dark theme (Streamlit follows the browser's);
+    the screenshots are the ones to look at (artifacts/screenshots/<page>_<width>px_<theme>.png)."""
+    sized_page.emulate_media(color_scheme=scheme)
     open_page(sized_page, server, path, heading)
-    shot(sized_page, f"{path}_{sized_page.width}px")
+    shot(sized_page, f"{path or 'home'}_{sized_page.width}px_{scheme}")
     assert sized_page.evaluate(CLIPPED) == [], "these labels show cut short"
 
 
