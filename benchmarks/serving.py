@@ -118,11 +118,13 @@ def server_is_healthy(port: int) -> bool:
 
 
 @contextmanager
-def streamlit_server(workdir: Path, repo: Path = REPO, env: dict[str, str] | None = None) -> Iterator[int]:
+def streamlit_server(workdir: Path, repo: Path = REPO, env: dict[str, str] | None = None,
+                     python_args: tuple[str, ...] = ("-m", "streamlit")) -> Iterator[int]:
     """`streamlit run app.py` of `repo` on 127.0.0.1, in its own session; yields the port once healthy.
 
     `repo` (this checkout by default) comes first on the server's PYTHONPATH, so another
-    checkout's app runs with its own modules; `env` adds to or overrides the environment.
+    checkout's app runs with its own modules; `env` adds to or overrides the environment;
+    `python_args` start streamlit's command line (`-c CODE` sets something up in the server first).
     The whole process group is stopped on the way out, whatever the way out is; the server's
     output goes to workdir/server.log and its tail is in the error when it does not start.
     """
@@ -130,7 +132,7 @@ def streamlit_server(workdir: Path, repo: Path = REPO, env: dict[str, str] | Non
     python_path = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, EBM_RUNS_DIR=str(workdir / "runs"), STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
                PYTHONPATH=python_path, **(env or {}))
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+    command = [sys.executable, *python_args, "run", "app.py", "--server.headless", "true",
                "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none"]
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:

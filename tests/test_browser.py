@@ -19,16 +19,13 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from benchmarks import serving
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -39,7 +36,6 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SERVER_START_TIMEOUT = 120  # seconds; importing torch on a busy 2-core machine is slow
 RUN_TIMEOUT = 120_000  # ms for one script run of a page (the first sampling run is not cached)
 
 MAIN = '[data-testid="stMain"]'
@@ -49,12 +45,6 @@ EXCEPTION = f'{MAIN} [data-testid="stException"], {SIDEBAR} [data-testid="stExce
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $EBM_CHROMIUM)",
                 allow_module_level=True)
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _mnist_dir() -> Path | None:
     """$EBM_DATA_DIR if it holds MNIST (raw or .gz), else None."""
@@ -89,46 +79,12 @@ def _synthetic_mnist(root: Path) -> Path:
 
 
 @contextmanager
-def streamlit_server(data: Path, runs: Path, log_path: Path, python_args: tuple[str, ...] = ("-m", "streamlit")):
-    """`streamlit run app.py` on a free port with these data and runs folders; yields its URL.
-
-    `python_args` start streamlit's command line: `-m streamlit`, or `-c CODE` that sets
-    something up in the server's process first (see `FAKE_DOWNLOAD`)."""
-    port = _free_port()
-    env = dict(os.environ, EBM_DATA_DIR=str(data), EBM_RUNS_DIR=str(runs), OMP_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    with open(log_path, "w") as log:  # the server keeps its own copy of the file descriptor
-        proc = subprocess.Popen(
-            [sys.executable, *python_args, "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200 and r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not answer /_stcore/health within {SERVER_START_TIMEOUT} s:\n"
-                            f"{log_path.read_text()[-3000:]}")
-            try:  # wait on the process: it is done starting when healthy, and failed if it exits
-                proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                continue
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and nothing else
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+def streamlit_server(data: Path, workdir: Path, python_args: tuple[str, ...] = ("-m", "streamlit")):
+    """The app's server (`benchmarks.serving.streamlit_server`) with this data, its runs in
+    workdir/runs and its log in workdir/server.log; yields its URL. `python_args`: see `FAKE_DOWNLOAD`."""
+    env = {"EBM_DATA_DIR": str(data), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with serving.streamlit_server(workdir, env=env, python_args=python_args) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +94,14 @@ def server(tmp_path_factory):
     Data: $EBM_DATA_DIR when it holds MNIST, else a tiny synthetic MNIST-shaped set (so
     training works offline). Runs go to a temporary folder, never into the checkout.
     """
-    runs = tmp_path_factory.mktemp("browser_runs")
+    workdir = tmp_path_factory.mktemp("browser_server")
     data = _mnist_dir() or _synthetic_mnist(tmp_path_factory.mktemp("browser_data"))
-    log_path = tmp_path_factory.mktemp("browser_server") / "streamlit.log"
     try:
-        with streamlit_server(data, runs, log_path) as url:
-            yield {"url": url, "runs": runs, "data": data, "log": log_path}
+        with streamlit_server(data, workdir) as url:
+            yield {"url": url, "runs": workdir / "runs", "data": data, "log": workdir / "server.log"}
     finally:
-        if SHOTS.is_dir():
-            shutil.copy(log_path, SHOTS / "streamlit.log")
+        if SHOTS.is_dir() and (workdir / "server.log").is_file():
+            shutil.copy(workdir / "server.log", SHOTS / "streamlit.log")
 
 
 @pytest.fixture(scope="module")
@@ -458,9 +413,9 @@ def test_download_box_goes_once_the_download_worked(page, tmp_path):
     """The 'not on this server yet' box and its button used to stay after a successful download.
     The server's download copies a synthetic MNIST from a local folder: no network needed."""
     mirror = _synthetic_mnist(tmp_path / "mirror") / "MNIST" / "raw"
-    data, runs = tmp_path / "data", tmp_path / "runs"
+    data = tmp_path / "data"
     data.mkdir()
-    with streamlit_server(data, runs, tmp_path / "streamlit.log", ("-c", FAKE_DOWNLOAD, str(mirror))) as url:
+    with streamlit_server(data, tmp_path, ("-c", FAKE_DOWNLOAD, str(mirror))) as url:
         open_page(page, {"url": url}, "explorer", "Latent explorer")
         box = main(page).locator('[data-testid="stAlert"]').filter(has_text="MNIST test set")
         button = main(page).get_by_role("button", name="Download MNIST")

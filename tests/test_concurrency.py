@@ -22,13 +22,10 @@ import asyncio
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -38,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks import serving
 from ebm import jobs
 from ebm.checkpoint import load_model, model_to_bytes
 from ebm.generate import SampleSettings
@@ -296,54 +294,18 @@ QUEUED_OR_GRID_JS = """() => {
 """The page's queue message once it shows, or "grid" once the digits show without a wait (checked at once, in the page)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _streamlit_server(tmp: Path, **env_extra: str):
-    """`streamlit run app.py` on a free port, with its own runs folder; yields its URL once healthy."""
+    """The app's server (`benchmarks.serving.streamlit_server`) with its runs in tmp; yields its URL once healthy.
+    Skipped without Playwright or Chromium, which every test that starts one drives."""
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
         pytest.skip("the playwright package is not installed")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set $EBM_CHROMIUM)")
-    port = _free_port()
-    env = dict(os.environ, EBM_RUNS_DIR=str(tmp / "runs"), OMP_NUM_THREADS="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false",
-               **env_extra)
-    with open(tmp / "streamlit.log", "w") as log:  # the server keeps its own copy of the file descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "streamlit did not become healthy in 120 s"
-            try:  # wait on the process: it is done starting when healthy, and failed if it exits
-                proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                continue
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{(tmp / 'streamlit.log').read_text()[-3000:]}")
-        yield url
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+    with serving.streamlit_server(tmp, env={"OMP_NUM_THREADS": "1", **env_extra}) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
