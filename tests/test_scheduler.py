@@ -20,15 +20,19 @@ class Gate:
     def __init__(self, value, blocks: int = 1):
         self.value, self.blocks = value, blocks
         self.started, self.open, self.stopped_at = threading.Event(), threading.Event(), None
+        self.returned = threading.Event()
 
     def __call__(self, should_stop):
         self.started.set()
-        for block in range(1, self.blocks + 1):
-            assert self.open.wait(TIMEOUT)
-            if should_stop(block):
-                self.stopped_at = block
-                return None
-        return self.value
+        try:
+            for block in range(1, self.blocks + 1):
+                assert self.open.wait(TIMEOUT)
+                if should_stop(block):
+                    self.stopped_at = block
+                    return None
+            return self.value
+        finally:
+            self.returned.set()
 
 
 def started(gate: Gate) -> Gate:
@@ -182,10 +186,11 @@ def test_a_request_back_to_a_cancelled_running_key_runs_once_more_and_is_shared(
     back = scheduler.submit("seed=1", "alice", counted)
     first.open.set()
     other.open.set()
-    started(again)  # the cancelled run has left; the new one runs
+    started(again)  # the new run has other's slot; the cancelled one may still be on its way out
     bob = scheduler.submit("seed=1", "bob", counted)
     again.open.set()
-    assert back.result() == "again" and bob.result() == "again" and first.stopped_at == 1
+    assert back.result() == "again" and bob.result() == "again"
+    assert first.returned.wait(TIMEOUT) and first.stopped_at == 1
     assert len(runs) == 1
 
 
