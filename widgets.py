@@ -576,21 +576,8 @@ def download_run_button(path: Path, label: str = "Download weights", key: str | 
                        icon=":material/download:")
 
 
-# ---- readable views of many digits -----------------------------------------------------------------
-GRID_PREVIEW = 64  # digits in a sample grid shown by default: an 8 x 8 grid stays readable in a column
+# ---- picking digits ---------------------------------------------------------------------------------
 GALLERY_PER_CLASS = 1
-
-
-def first_samples_png(loaded: LoadedModel, codes: np.ndarray, n: int = GRID_PREVIEW) -> bytes:
-    """The first `n` final codes of a sample, decoded as binary digits in a PNG grid (scale 2), like `SampleView.png`
-    but few enough that each digit reads at a column's width; the chains are the ones the animation shows."""
-    from ebm.generate import decode_binary
-    from ebm.images import png_bytes
-
-    first = torch.as_tensor(np.asarray(codes[:n], dtype=np.float32))
-    with torch.no_grad():
-        images = decode_binary(loaded.model, first)
-    return png_bytes(image_grid(images, ncols=math.ceil(math.sqrt(len(first))), scale=2))
 
 
 def gallery_indices(labels: np.ndarray, draw: int, per_class: int = GALLERY_PER_CLASS) -> np.ndarray:

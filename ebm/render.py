@@ -38,6 +38,7 @@ class SampleView:
     gif_chains: int
     gif_frames: int
     png: bytes  # final grid of every chain, scale 2
+    preview_png: bytes  # final grid of the animated chains only, scale 2: readable when there are many
     final_grid: np.ndarray  # uint8 (H, W)
     final_codes: np.ndarray  # (chains, d) standardized codes after the last step
     trace_steps: np.ndarray  # (T,) step numbers of the thinned traces
@@ -66,6 +67,8 @@ def render_samples(
     final = decode_binary(model, result.state.position)
     scale = 2 if chains <= 256 else 1
     grid = image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=scale)
+    png = png_bytes(grid if scale == 2 else image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=2))
+    preview = png if shown == chains else png_bytes(image_grid(final[:shown], ncols=math.ceil(math.sqrt(shown)), scale=2))
     steps = result.energies.shape[0]
     idx = np.asarray(frame_indices(steps, MAX_TRACE_POINTS))
     energies = result.energies.numpy()
@@ -77,7 +80,8 @@ def render_samples(
         gif=gif_bytes(frames),
         gif_chains=shown,
         gif_frames=len(frames),
-        png=png_bytes(grid if scale == 2 else image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=2)),
+        png=png,
+        preview_png=preview,
         final_grid=grid,
         final_codes=result.state.position.numpy().copy(),
         trace_steps=idx + 1,

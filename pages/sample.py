@@ -74,8 +74,8 @@ with output:
         st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
     with final:
         samples = f"{widgets.plural(view.num_chains, 'sample')} after step {view.steps_done}"
-        if view.num_chains > widgets.GRID_PREVIEW and not st.session_state.get("s_show_all"):
-            grid, caption = widgets.first_samples_png(loaded, view.final_codes), f"{samples}: the first {widgets.GRID_PREVIEW} shown"
+        if view.num_chains > view.gif_chains and not st.session_state.get("s_show_all"):
+            grid, caption = view.preview_png, f"{samples}: the first {view.gif_chains} shown"
         else:
             grid, caption = view.png, samples
         st.image(grid, caption=caption, width="stretch",
@@ -83,7 +83,7 @@ with output:
         buttons = st.container(horizontal=True, vertical_alignment="center")
         buttons.download_button("PNG", view.png, icon=":material/download:", file_name="samples.png", mime="image/png",
                                 on_click="ignore", help="The whole grid")
-        if view.num_chains > widgets.GRID_PREVIEW:
+        if view.num_chains > view.gif_chains:
             buttons.toggle(f"Show all {view.num_chains:,}", key="s_show_all",
                            help="Every chain's digit, smaller; open the picture full screen to zoom")
 

@@ -8,10 +8,14 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import widgets
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
+from ebm.generate import SampleSettings, decode_binary
+from ebm.images import image_grid
+from ebm.render import sample_view
 
 from test_app import environment, image_captions, open_page, plain, plotly_spec, tiny_mnist  # noqa: F401 (fixtures)
 
@@ -94,12 +98,12 @@ def test_a_grid_of_64_or_fewer_is_shown_whole():
 
 
 def test_the_readable_subset_is_an_8_by_8_grid_of_the_first_chains():
-    model, meta = load_model(SHIPPED_WEIGHTS)
-    loaded = widgets.LoadedModel(model, meta, ("test",), "shipped", widgets.SHIPPED)
-    codes = np.random.default_rng(0).standard_normal((1024, model.latent_dim)).astype(np.float32)
-    picture = np.asarray(Image.open(io.BytesIO(widgets.first_samples_png(loaded, codes))))
+    model, _ = load_model(SHIPPED_WEIGHTS)
+    view = sample_view(model, SampleSettings(num_chains=1024, num_steps=1))
+    picture = np.asarray(Image.open(io.BytesIO(view.preview_png)))
     assert picture.shape == ((8 * 30 + 2) * 2,) * 2  # 8 x 8 cells of 28 px and 2 px padding, at scale 2
-    assert np.array_equal(picture, np.asarray(Image.open(io.BytesIO(widgets.first_samples_png(loaded, codes[:64])))))
+    first = decode_binary(model, torch.as_tensor(view.final_codes[:64]))
+    assert np.array_equal(picture, image_grid(first, ncols=8, scale=2))
 
 
 # ---- every page still runs -------------------------------------------------------------------------
