@@ -30,8 +30,7 @@ import torch
 
 from .checkpoint import model_to_bytes
 from .data import DatasetError, load_binarized
-from .limits import check_app_architecture, check_training_cost, train_energy_config
-from .models import AutoencoderConfig
+from .limits import check_app_architecture, check_training_cost
 from .runs import RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .threads import sync_torch_threads
 from .training import (
@@ -307,7 +306,7 @@ def check_app_training(cfg: TrainConfig) -> TrainConfig:
     cfg = copy.deepcopy(cfg).validate()
     if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
         raise ValueError(f"device {cfg.device!r} is not available here")
-    check_app_architecture(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim), train_energy_config(cfg))
+    check_app_architecture(cfg.autoencoder_config(), cfg.energy_config())
     check_training_cost(cfg)
     return cfg
 

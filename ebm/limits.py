@@ -162,11 +162,6 @@ class TrainingTooCostly(ValueError):
     """A training above what the app runs; the message names the setting to lower."""
 
 
-def train_energy_config(config: TrainConfig) -> EnergyConfig:
-    """The energy net's shape in a training config."""
-    return EnergyConfig(config.latent_dim, config.ebm_hidden_dim, config.ebm_layers, config.ebm_tilt_sigma)
-
-
 def autoencoder_example_macs(config: TrainConfig) -> int:
     """Multiply-adds of one image through the autoencoder and back: the forward pass
     784 -> h -> h -> d -> h -> h -> 784 and a backward pass that costs twice as much."""
@@ -182,7 +177,7 @@ def autoencoder_batch_macs(config: TrainConfig) -> int:
 def energy_iteration_parts(config: TrainConfig) -> tuple[int, int]:
     """(one Langevin step of every negative's chain, the update) of a stage-2 iteration, in multiply-adds;
     the update's forward and backward pass over data and negatives costs 1.5 energy-and-gradient steps each."""
-    step = energy_step_macs(train_energy_config(config))
+    step = energy_step_macs(config.energy_config())
     chains = config.ebm_batch_size * config.negatives_per_datapoint
     return chains * step + STEP_OVERHEAD_MACS, (config.ebm_batch_size + chains) * step * 3 // 2 + UPDATE_OVERHEAD_MACS
 

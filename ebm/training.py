@@ -60,6 +60,14 @@ class TrainConfig:
     max_energy_gap: float = 1.0  # negatives this far (nats, running mean) above the data: chains lost, restart them
     negatives_every: int = 0  # decode a few negatives into events every N iterations (0: never)
 
+    def autoencoder_config(self) -> AutoencoderConfig:
+        """The autoencoder's shape in these settings."""
+        return AutoencoderConfig(self.ae_hidden_dim, self.latent_dim)
+
+    def energy_config(self) -> EnergyConfig:
+        """The energy net's shape in these settings."""
+        return EnergyConfig(self.latent_dim, self.ebm_hidden_dim, self.ebm_layers, self.ebm_tilt_sigma)
+
     def validate(self) -> "TrainConfig":
         positive = {k: getattr(self, k) for k in (
             "ae_hidden_dim", "latent_dim", "ae_batch_size", "ebm_hidden_dim", "ebm_layers",
@@ -284,8 +292,8 @@ def build_model(cfg: TrainConfig) -> LatentEBM:
 
 
 def _assemble(cfg: TrainConfig) -> LatentEBM:
-    ae = Autoencoder(AutoencoderConfig(cfg.ae_hidden_dim, cfg.latent_dim))
-    energy = EnergyNet(EnergyConfig(cfg.latent_dim, cfg.ebm_hidden_dim, cfg.ebm_layers, cfg.ebm_tilt_sigma))
+    ae = Autoencoder(cfg.autoencoder_config())
+    energy = EnergyNet(cfg.energy_config())
     return LatentEBM(ae, energy, torch.zeros(cfg.latent_dim), torch.ones(cfg.latent_dim))
 
 
