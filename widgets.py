@@ -519,7 +519,7 @@ def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes
 
     Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
     """
-    s = settings.validate()
+    s = settings
     check_request_size(s.num_chains, s.num_steps, energy_step_macs(loaded.model.energy.config))  # refused before it is queued
     codes = data_codes if s.start == "data" else None
     data_key = str(default_data_dir().resolve()) if codes is not None else None  # the start codes come from there

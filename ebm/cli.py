@@ -174,9 +174,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> dict:
-    settings = SampleSettings(args.sampler, args.step_size, args.steps, args.num_chains, args.record_every, args.start, args.seed)
     try:
-        settings.validate()
+        settings = SampleSettings(args.sampler, args.step_size, args.steps, args.num_chains, args.record_every, args.start, args.seed)
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")

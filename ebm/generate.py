@@ -15,35 +15,27 @@ import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .sampling import MAX_CHAINS, MAX_STEPS, ChainResult, build_sampler, check_int, check_num_steps, check_step_size, run_chains
+from .sampling import MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, run_chains
+from .validation import setting, validate_fields
 
 STARTS = ("noise", "data")
 MAX_SEED = 2**63 - 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleSettings:
-    """What defines a sample: change any of these and you get different digits."""
+    """What defines a sample: change any of these and you get different digits. Checked when made."""
 
-    sampler: str = "mala"
-    step_size: float = 0.5
-    num_steps: int = 500
-    num_chains: int = 64
-    record_every: int = 10
-    start: str = "noise"
-    seed: int = 0
+    sampler: str = setting("mala", choices=tuple(SAMPLERS), label="sampler")
+    step_size: float = setting(0.5, low=0.0, low_open=True, label="step size ε")
+    num_steps: int = setting(500, low=1, high=MAX_STEPS, label="number of steps K")
+    num_chains: int = setting(64, low=1, high=MAX_CHAINS, label="number of chains")
+    record_every: int = setting(10, low=1, high=MAX_STEPS)
+    start: str = setting("noise", choices=STARTS, label="start")
+    seed: int = setting(0, low=0, high=MAX_SEED, label="seed")
 
-    def validate(self) -> "SampleSettings":
-        if self.sampler.lower() not in ("ula", "mala"):
-            raise ValueError(f"sampler must be 'ula' or 'mala', got {self.sampler!r}")
-        check_step_size(self.step_size)
-        check_num_steps(self.num_steps)
-        check_int("number of chains", self.num_chains, 1, MAX_CHAINS)
-        check_int("record_every", self.record_every, 1, MAX_STEPS)
-        check_int("seed", self.seed, 0, MAX_SEED)
-        if self.start not in STARTS:
-            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
-        return self
+    def __post_init__(self):
+        validate_fields(self)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +60,6 @@ def sample_chains(
     callback: Callable[[int], bool | None] | None = None,
 ) -> ChainResult:
     """Run the configured chains on the model's energy; deterministic for a given seed."""
-    settings.validate()
     generator = torch.Generator().manual_seed(int(settings.seed))
     start = initial_codes(settings, model.latent_dim, generator, data_codes)
     sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator)

@@ -19,7 +19,7 @@ import math
 import torch
 
 from .models import IMAGE_PIXELS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
-from .sampling import check_int
+from .validation import check_int
 from .training import TrainConfig
 
 MAX_APP_CHAINS = 1024

@@ -106,7 +106,6 @@ def sample_view(
     ends there and `ebm.scheduler.Cancelled` is raised, with nothing rendered. Raises
     `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
     """
-    settings.validate()
     check_request_size(settings.num_chains, settings.num_steps, energy_step_macs(model.energy.config))
     sync_torch_threads()  # callers are often threads other than the one that configured torch
     stopped = []

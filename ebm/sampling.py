@@ -13,10 +13,11 @@ MALA: the same proposal, accepted with the Metropolis-Hastings probability,
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Callable, NamedTuple
 
 import torch
+
+from .validation import check_float, check_int
 
 EnergyAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -73,20 +74,9 @@ class ChainResult(NamedTuple):
     acceptance: torch.Tensor  # (steps, chains) acceptance probability of each step
 
 
-def check_int(name: str, value, low: int, high: int) -> int:
-    """Return `value` as an int, or raise ValueError naming the setting (bools, fractions, inf, NaN too)."""
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or value != int(value) or not low <= value <= high):
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return int(value)
-
-
 def check_step_size(step_size: float) -> float:
     """Return ε as a float, or raise ValueError when it is not a finite positive number."""
-    step_size = float(step_size)
-    if not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step size ε must be a finite number > 0, got {step_size}")
-    return step_size
+    return check_float("step size ε", step_size, 0.0, low_open=True)
 
 
 def check_positions(position: torch.Tensor) -> torch.Tensor:

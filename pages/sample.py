@@ -54,10 +54,10 @@ with controls:
 widgets.state_to_url(PARAMS)
 
 s = st.session_state
-settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps), num_chains=int(s.s_chains),
-                          record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
 with output:
     try:
+        settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps),
+                                  num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
         view = widgets.cached_sample_view(loaded, settings, data_codes)
     except RequestTooLarge as e:
         st.warning(f"That request is too large for the app: {e}.")
