@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .evaluation import grid_quadrature
+from .quadrature import grid_quadrature
 from .models import EnergyNet, LatentEBM
 
 MAX_GRID_POINTS = 4_000_000

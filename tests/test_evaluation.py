@@ -1,4 +1,5 @@
-"""Tests for ebm.evaluation and ebm.classifier on cases whose answers are known.
+"""Tests for ebm.evaluation (and its parts ebm.quadrature, ebm.importance, ebm.metrics) and ebm.classifier
+on cases whose answers are known.
 
 Offline and fast: log Z is checked on Gaussian-mixture energies with a closed-form normalizer,
 the metrics on synthetic arrays, and the whole pipeline on a tiny synthetic MNIST; the real
@@ -19,7 +20,8 @@ import torch
 from scipy.linalg import sqrtm
 from scipy.stats import norm
 
-from ebm import evaluation as ev
+from ebm import evaluation as ev, importance, metrics, quadrature
+from ebm.cli import run_evaluate
 from ebm.checkpoint import WeightsError, save_model
 from ebm.classifier import (
     DEFAULT_CLASSIFIER,
@@ -49,7 +51,7 @@ def mixture_energy():
 
 @pytest.fixture(scope="module")
 def mixture_grid():
-    return ev.grid_quadrature(mixture_energy()[0], np.full(4, -6.0), np.full(4, 6.0), resolution=30)
+    return quadrature.grid_quadrature(mixture_energy()[0], np.full(4, -6.0), np.full(4, 6.0), resolution=30)
 
 
 def test_grid_quadrature_finds_a_known_log_z(mixture_grid):
@@ -69,7 +71,7 @@ def test_grid_marginals_match_the_mixture_marginals(mixture_grid):
 
 def test_a_box_that_is_too_small_shows_in_edge_mass_and_log_z():
     energy, _, _ = mixture_energy()
-    grid = ev.grid_quadrature(energy, np.full(4, -1.0), np.full(4, 1.0), resolution=10)
+    grid = quadrature.grid_quadrature(energy, np.full(4, -1.0), np.full(4, 1.0), resolution=10)
     assert grid.edge_mass > 0.1
     assert grid.log_z < LOG_Z - 0.5
 
@@ -77,15 +79,15 @@ def test_a_box_that_is_too_small_shows_in_edge_mass_and_log_z():
 def test_grid_quadrature_rejects_bad_boxes_and_nan():
     energy, _, _ = mixture_energy()
     with pytest.raises(ValueError):
-        ev.grid_quadrature(energy, np.zeros(4), np.zeros(4))
+        quadrature.grid_quadrature(energy, np.zeros(4), np.zeros(4))
     with pytest.raises(ValueError):
-        ev.grid_quadrature(lambda x: torch.full((len(x),), float("nan")), -np.ones(2), np.ones(2), resolution=4)
+        quadrature.grid_quadrature(lambda x: torch.full((len(x),), float("nan")), -np.ones(2), np.ones(2), resolution=4)
 
 
 def test_importance_sampling_agrees_within_its_error_bars():
     energy, mix, _ = mixture_energy()
     codes = mix.sample((20_000,))
-    est = ev.importance_log_z(energy, codes, num_samples=50_000, seed=0)
+    est = importance.importance_log_z(energy, codes, num_samples=50_000, seed=0)
     assert 0 < est.standard_error < 0.02
     assert abs(est.log_z - LOG_Z) < 4 * est.standard_error
     assert est.effective_sample_size > 0.2 * est.num_samples
@@ -94,16 +96,16 @@ def test_importance_sampling_agrees_within_its_error_bars():
 def test_importance_sampling_error_bars_grow_for_a_poor_proposal():
     """Codes that cover one mode only: the t tail still finds the others, with larger error bars."""
     energy, mix, (means, _, _) = mixture_energy()
-    good = ev.importance_log_z(energy, mix.sample((5000,)), num_samples=20_000, seed=1)
-    poor = ev.importance_log_z(energy, means[0] + 0.3 * torch.randn(5000, 4), num_samples=20_000, components=1, seed=1)
+    good = importance.importance_log_z(energy, mix.sample((5000,)), num_samples=20_000, seed=1)
+    poor = importance.importance_log_z(energy, means[0] + 0.3 * torch.randn(5000, 4), num_samples=20_000, components=1, seed=1)
     assert poor.standard_error > 3 * good.standard_error
     assert poor.effective_sample_size < 0.5 * good.effective_sample_size
 
 
 def test_frechet_distance_of_identical_features_is_zero():
     features = np.random.default_rng(0).standard_normal((500, 16)) @ np.random.default_rng(1).standard_normal((16, 16))
-    mu, cov = ev.features_stats(features)
-    assert ev.frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-8 * np.trace(cov))
+    mu, cov = metrics.features_stats(features)
+    assert metrics.frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-8 * np.trace(cov))
 
 
 def test_frechet_distance_closed_forms():
@@ -111,54 +113,54 @@ def test_frechet_distance_closed_forms():
     # diagonal covariances: |mu1 - mu2|^2 + sum (sigma1 - sigma2)^2
     s1, s2 = np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])
     expected = 5.0 + np.square(s1 - s2).sum()
-    assert ev.frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(expected)
+    assert metrics.frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(expected)
     # covariances that do not commute, against scipy's matrix square root
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal((6, 6)), rng.standard_normal((6, 6))
     c1, c2 = a @ a.T, b @ b.T + np.eye(6)
     reference = np.trace(c1 + c2 - 2 * sqrtm(c1 @ c2).real)
-    assert ev.frechet_distance(np.zeros(6), c1, np.zeros(6), c2) == pytest.approx(reference, rel=1e-6)
+    assert metrics.frechet_distance(np.zeros(6), c1, np.zeros(6), c2) == pytest.approx(reference, rel=1e-6)
     # a rank-deficient covariance is fine
-    assert ev.frechet_distance(np.zeros(6), np.zeros((6, 6)), np.zeros(6), c2) == pytest.approx(np.trace(c2))
+    assert metrics.frechet_distance(np.zeros(6), np.zeros((6, 6)), np.zeros(6), c2) == pytest.approx(np.trace(c2))
 
 
 def test_frechet_distance_of_samples_estimates_the_population_value():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50_000, 4))
     y = rng.standard_normal((50_000, 4)) * 2.0 + 1.0
-    assert ev.frechet_distance(*ev.features_stats(x), *ev.features_stats(y)) == pytest.approx(4 * 1.0 + 4 * 1.0, rel=0.02)
+    assert metrics.frechet_distance(*metrics.features_stats(x), *metrics.features_stats(y)) == pytest.approx(4 * 1.0 + 4 * 1.0, rel=0.02)
 
 
 def test_inception_score_bounds():
     confident = np.eye(10)[np.arange(1000) % 10]
-    assert ev.inception_score(confident) == pytest.approx(10.0)
-    assert ev.inception_score(np.eye(10)[np.zeros(1000, dtype=int)]) == pytest.approx(1.0)
-    assert ev.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
+    assert metrics.inception_score(confident) == pytest.approx(10.0)
+    assert metrics.inception_score(np.eye(10)[np.zeros(1000, dtype=int)]) == pytest.approx(1.0)
+    assert metrics.inception_score(np.full((100, 10), 0.1)) == pytest.approx(1.0)
     two_classes = np.eye(10)[np.arange(1000) % 2]
-    assert ev.inception_score(two_classes) == pytest.approx(2.0)
+    assert metrics.inception_score(two_classes) == pytest.approx(2.0)
 
 
 def test_class_histogram():
-    uniform = ev.class_histogram(np.arange(1000) % 10)
+    uniform = metrics.class_histogram(np.arange(1000) % 10)
     assert uniform["entropy_bits"] == pytest.approx(math.log2(10))
     assert uniform["min_share"] == pytest.approx(0.1)
-    missing = ev.class_histogram(np.array([0, 1, 1, 2]))
+    missing = metrics.class_histogram(np.array([0, 1, 1, 2]))
     assert missing["min_share"] == 0.0
     assert missing["entropy_bits"] == pytest.approx(1.5)
     assert missing["counts"][:3] == [1, 2, 1]
     with pytest.raises(ValueError):
-        ev.class_histogram(np.array([10]))
+        metrics.class_histogram(np.array([10]))
 
 
 def test_knn_precision_recall():
     rng = np.random.default_rng(4)
     real = rng.standard_normal((400, 8))
-    assert ev.knn_precision_recall(real, real) == (1.0, 1.0)
-    assert ev.knn_precision_recall(real, real + 100.0) == (0.0, 0.0)
+    assert metrics.knn_precision_recall(real, real) == (1.0, 1.0)
+    assert metrics.knn_precision_recall(real, real + 100.0) == (0.0, 0.0)
     # generated points that collapse onto part of the data: precise, but recall drops
     plane = rng.standard_normal((1000, 2))
     collapsed = plane[plane[:, 0] > 0.5]  # 31% of the points, all on one side
-    precision, recall = ev.knn_precision_recall(plane, collapsed)
+    precision, recall = metrics.knn_precision_recall(plane, collapsed)
     assert precision == 1.0 and 0.25 < recall < 0.45
 
 
@@ -237,7 +239,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
     args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0,
                               data_dir=tmp_path / "data", out_dir=tmp_path / "eval", threads=torch.get_num_threads())
-    results = ev.run_evaluate(args)
+    results = run_evaluate(args)
 
     saved = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert saved["ebm"]["test_nll_nats"] == pytest.approx(results["ebm"]["test_nll_nats"])
