@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import datasets
 
 DATASETS = ("mnist", "fashion-mnist")
 SPLITS = ("train", "test")
@@ -61,7 +60,15 @@ DOWNLOAD_SOCKET_TIMEOUT = 10.0
 """Seconds per socket operation during torchvision's download, so an unreachable network
 (which may drop packets instead of refusing) fails in well under a minute instead of hanging."""
 
-_TORCHVISION = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+
+def _torchvision(name: str) -> type:
+    """torchvision's class for a dataset, imported here: torchvision pulls in torch._dynamo, over a second of
+    every page's cold start, and only loading data needs it."""
+    from torchvision import datasets
+
+    return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+
+
 _IDX_MAGIC = {1: 0x00000801, 3: 0x00000803}  # unsigned-byte data, 1 or 3 dimensions
 _IMAGE_SIZE = (28, 28)
 # np.ndarray pickles through this function; fetching it this way works on numpy 1.x and 2.x.
@@ -90,7 +97,7 @@ def load_images(
     check_dataset(name)
     _check_choice("split", split, SPLITS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    dataset_cls = _TORCHVISION[name]
+    dataset_cls = _torchvision(name)
     _prepare_raw_dir(name, root, download)
     dataset = dataset_cls(str(root), train=split == "train", download=False)
     return dataset.data, dataset.targets
@@ -232,7 +239,7 @@ def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:
     torchvision refuses to load either split unless all four are present, and it only reads
     uncompressed files, so ``.gz`` files are extracted here with validation.
     """
-    raw_dir = root / _TORCHVISION[name].__name__ / "raw"
+    raw_dir = root / _torchvision(name).__name__ / "raw"
     shapes = {file: _ensure_extracted(raw_dir / file) for file in RAW_FILES}
     missing = [file for file, shape in shapes.items() if shape is None]
     if missing:
@@ -306,7 +313,7 @@ def _fetch(name: str, root: Path, raw_dir: Path) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT)  # process-wide, so restored right after
     try:
-        _TORCHVISION[name](str(root), train=True, download=True)
+        _torchvision(name)(str(root), train=True, download=True)
         return
     except (RuntimeError, OSError) as err:
         download_error = err

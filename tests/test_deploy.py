@@ -6,11 +6,14 @@ and README's front matter, and check what would go wrong only once the Space is 
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import itertools
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -233,3 +236,32 @@ def test_streamlit_config_caps_uploads_at_what_the_largest_served_model_needs():
     largest_file = MAX_APP_PARAMETERS * 4 + 8 + MAX_HEADER_BYTES  # float32 tensors, the length, the header
     assert largest_file <= config["server"]["maxUploadSize"] * 2**20 < 2 * largest_file
     assert config["runner"]["postScriptGC"] is False and config["client"]["toolbarMode"] == "viewer"
+
+
+EVALUATION_ONLY_MODULES = ("sklearn", "scipy.stats", "torchvision")
+"""What only `python -m ebm evaluate` or loading a dataset needs: on the busy 2-core machine they were
+about 6 s of the pages' 11 s of imports, i.e. of a Space's cold start before the first image."""
+
+
+def _project_modules_the_pages_import() -> set[str]:
+    """`widgets` and the `ebm` modules that app.py and pages/*.py import (the pages themselves call
+    Streamlit when imported, so their own imports are read, not run)."""
+    names = set()
+    for path in [REPO / "app.py", *sorted((REPO / "pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names if node.module == "ebm")
+    return {n for n in names if n == "widgets" or n.split(".")[0] == "ebm"}
+
+
+def test_the_pages_do_not_import_what_only_the_evaluation_or_the_data_loader_needs():
+    modules = sorted(_project_modules_the_pages_import())
+    assert "widgets" in modules and "ebm.landscape" in modules
+    code = (f"import importlib, json, sys\nfor name in {modules!r}: importlib.import_module(name)\n"
+            f"print(json.dumps([m for m in {EVALUATION_ONLY_MODULES!r} if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [], f"importing {modules} loaded these"
