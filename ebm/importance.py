@@ -25,6 +25,8 @@ IS_SAMPLES = 1_000_000  # default proposal draws
 
 @dataclass
 class ImportanceEstimate:
+    """One importance-sampling estimate of log Z, with its error bar and how many draws the weights are worth."""
+
     log_z: float
     standard_error: float  # of log_z, by the delta method
     effective_sample_size: float  # (sum w)^2 / sum w^2
