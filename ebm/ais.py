@@ -36,16 +36,15 @@ and the weights stay unbiased. The adaptation never sees the chains that carry t
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from .sampling import DEFAULT_TARGET_ACCEPTANCE, EnergyAndGrad, MAX_CHAINS, adapted_step_size, mala
+from .importance import log_mean_exp
 from .validation import check_float, check_int
 
 MAX_TEMPERATURES = 100_000
@@ -86,19 +85,11 @@ class AISResult:
 
     def summary(self) -> dict:
         return {"log_z": self.log_z, "standard_error": self.standard_error,
-                "effective_sample_size": self.effective_sample_size, "num_chains": len(self.log_weights),
+                "effective_sample_size": self.effective_sample_size, "num_samples": len(self.log_weights),
                 "num_temperatures": len(self.step_sizes), "steps_per_temperature": self.steps_per_temperature,
                 "schedule": "linear", "base": "N(0, I)",
                 "step_size_range": [float(self.step_sizes.min()), float(self.step_sizes.max())],
                 "mean_acceptance": float(self.acceptance.mean()), "seconds": self.seconds}
-
-
-def log_mean_exp(log_w: np.ndarray) -> tuple[float, float, float]:
-    """log mean exp(log_w), its delta-method standard error std(w) / (mean(w) sqrt(N)), and the ESS."""
-    top = log_w.max()
-    w = np.exp(log_w - top)
-    return (float(np.log(w.mean()) + top), float(w.std(ddof=1) / (w.mean() * math.sqrt(len(w)))),
-            float(w.sum() ** 2 / np.square(w).sum()))
 
 
 def _anneal(energy_and_grad: EnergyAndGrad, position: torch.Tensor, betas: np.ndarray, step_sizes: np.ndarray,
@@ -166,36 +157,3 @@ def annealed_log_z(
     log_z, standard_error, ess = log_mean_exp(log_weights)
     return AISResult(log_z, standard_error, ess, log_weights, state.position.float(), betas, step_sizes, acceptance,
                      steps_per_temperature, time.perf_counter() - start)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Print AIS, importance-sampling and grid-quadrature log Z of a weights file, with their errors and times."""
-    from .checkpoint import SHIPPED_WEIGHTS, load_model
-    from .evaluation import code_box, grid_quadrature, importance_log_z
-
-    p = argparse.ArgumentParser(prog="python -m ebm.ais", description=main.__doc__)
-    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    p.add_argument("--chains", type=int, default=1024)
-    p.add_argument("--temperatures", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--is-samples", type=int, default=1_000_000)
-    p.add_argument("--grid-resolution", type=int, default=48)
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    model, _ = load_model(args.weights)
-    model.eval()
-    ais = annealed_log_z(model.sampling_energy(), model.latent_dim, args.chains, args.temperatures,
-                         generator=torch.Generator().manual_seed(args.seed))
-    print(f"AIS: {ais.log_z:.4f} ± {ais.standard_error:.4f} ({args.chains} chains x {args.temperatures} temperatures, "
-          f"weight ESS {ais.effective_sample_size:.0f}, acceptance {ais.acceptance.mean():.2f}, {ais.seconds:.1f} s)")
-    # IS proposal and grid box come from the AIS end points: no dataset needed, and IS is unbiased for any proposal
-    imp = importance_log_z(model.energy, ais.positions, args.is_samples, seed=args.seed)
-    print(f"importance sampling: {imp.log_z:.4f} ± {imp.standard_error:.4f} ({imp.num_samples} draws, "
-          f"weight ESS {imp.effective_sample_size:.0f}, {imp.seconds:.1f} s)")
-    grid = grid_quadrature(model.energy, *code_box(ais.positions, 3.0), args.grid_resolution)
-    print(f"grid quadrature {grid.resolution}^{model.latent_dim}: {grid.log_z:.4f} "
-          f"(edge mass {grid.edge_mass:.1e}, {grid.seconds:.1f} s)")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -29,6 +29,7 @@ from .classifier import MnistClassifier
 from .data import load_binarized
 from .diagnostics import effective_sample_size, marginal_w1, marginal_w1_noise, split_rhat
 from .generate import SampleSettings, decode_binary, sample_chains
+from .ais import annealed_log_z
 from .importance import IS_SAMPLES, importance_log_z
 from .metrics import Reference, image_metrics
 from .quadrature import GRID_RESOLUTION, GridQuadrature, code_box, grid_quadrature
@@ -114,10 +115,13 @@ def evaluate(
     lap("quadrature")
     importance = importance_log_z(model.energy, train_codes, IS_SAMPLES, seed=seed)
     lap("importance_sampling")
+    ais = annealed_log_z(model.sampling_energy(), model.latent_dim, generator=torch.Generator().manual_seed(seed))
+    lap("annealed_importance_sampling")
     # Every estimate of log Z by name, as its summary(): the report lists them all. Grids show their
     # edge mass; any other estimate is random and has log_z, standard_error, num_samples and
-    # effective_sample_size (annealed importance sampling, ebm.ais, joins here as one more entry).
-    log_z = {"quadrature": coarse.summary(), "quadrature_check": fine.summary(), "importance": importance.summary()}
+    # effective_sample_size.
+    log_z = {"quadrature": coarse.summary(), "quadrature_check": fine.summary(), "importance": importance.summary(),
+             "ais": ais.summary()}
 
     results: dict = {}
     settings = sample_settings or SampleSettings(num_chains=num_samples, seed=seed)
@@ -159,8 +163,10 @@ def _fmt(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+# report names of the log Z estimates; others show by key
 LOG_Z_LABELS = {"quadrature": "grid {resolution}^4", "quadrature_check": "grid {resolution}^4, wider box",
-                "importance": "importance sampling"}  # report names of the log Z estimates; others show by key
+                "importance": "importance sampling",
+                "ais": "annealed importance sampling, {num_temperatures} temperatures"}
 
 
 def _log_z_lines(log_z: dict) -> list[str]:

@@ -64,11 +64,14 @@ def importance_log_z(
     alpha = n_tail / num_samples
     log_q = np.logaddexp(np.log1p(-alpha) + gmm.score_samples(x), np.log(alpha) + tail.logpdf(x))
     energies = torch.cat([energy(p) for p in torch.from_numpy(x).float().split(65_536)]).double().numpy()
-    log_w = -energies - log_q
-    w = np.exp(log_w - log_w.max())
-    return ImportanceEstimate(
-        log_z=float(np.log(w.mean()) + log_w.max()),
-        standard_error=float(w.std(ddof=1) / (w.mean() * math.sqrt(num_samples))),
-        effective_sample_size=float(w.sum() ** 2 / np.square(w).sum()),
-        num_samples=num_samples, seconds=time.perf_counter() - start,
-    )
+    log_z, standard_error, ess = log_mean_exp(-energies - log_q)
+    return ImportanceEstimate(log_z=log_z, standard_error=standard_error, effective_sample_size=ess,
+                              num_samples=num_samples, seconds=time.perf_counter() - start)
+
+
+def log_mean_exp(log_w: np.ndarray) -> tuple[float, float, float]:
+    """log mean exp(log_w), its delta-method standard error std(w) / (mean(w) sqrt(N)), and the weights' ESS."""
+    top = log_w.max()
+    w = np.exp(log_w - top)
+    return (float(np.log(w.mean()) + top), float(w.std(ddof=1) / (w.mean() * math.sqrt(len(w)))),
+            float(w.sum() ** 2 / np.square(w).sum()))
