@@ -6,8 +6,8 @@ started it may call `job.stop(by=...)` (anyone else gets `NotOwner`). Stopping t
 within one autoencoder batch or one block of Langevin steps, dropping the half-done iteration;
 whatever was trained is then saved as a new run, like a finished training. A save that fails
 (full or read-only disk) ends the job "failed" with the weights kept in memory for download,
-and leaves no half-written run to list. The registry (`start_training`, `active_job`,
-`latest_job`) lives at module level, so a job outlives the page or session that started it,
+and leaves no half-written run to list. The registry (`start_training`, `latest_job`,
+`get_job`) lives at module level, so a job outlives the page or session that started it,
 and only one training runs at a time: a second request is refused with `JobAlreadyRunning`, and
 one above the app's budgets (`check_app_training`) before it starts.
 
@@ -58,18 +58,6 @@ ESTIMATE_AFTER_SECONDS = 30.0  # ... or over 30 s, whichever comes first
 def default_data_loader(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a split with `ebm.data.load_binarized` (honours $EBM_DATA_DIR, downloads if needed)."""
     return load_binarized(dataset, split, data_dir=None, threshold=threshold)
-
-
-def synthetic_data_loader(train_size: int = 256, test_size: int = 64, seed: int = 0) -> DataLoader:
-    """A loader of random binary 784-d images with random labels: for tests and demos without MNIST."""
-
-    def load(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        n = train_size if split == "train" else test_size
-        gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
-        images = (torch.rand(n, 784, generator=gen) < 0.2).float()
-        return images, torch.randint(10, (n,), generator=gen)
-
-    return load
 
 
 class JobAlreadyRunning(RuntimeError):
@@ -162,10 +150,6 @@ class TrainingJob:
     def active(self) -> bool:
         with self._lock:
             return self._state in ACTIVE_STATES
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
 
     # ---- reading -------------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:
@@ -338,12 +322,6 @@ def start_training(
         del _jobs[:-HISTORY_LIMIT]
         job._thread.start()
     return job
-
-
-def active_job() -> TrainingJob | None:
-    """The running training, if any."""
-    with _registry_lock:
-        return next((j for j in _jobs if j.active), None)
 
 
 def trainings_running() -> int:

@@ -140,7 +140,6 @@ class RunInfo:
     mtime: float
     size: int
     extra: dict = field(default_factory=dict)  # the `extra` metadata: dataset, train_config, ...
-    has_history: bool = False
 
     @property
     def dataset(self) -> str:
@@ -150,10 +149,6 @@ class RunInfo:
     def label(self) -> str:
         stopped = " (stopped early)" if self.extra.get("stopped_early") else ""
         return f"{self.name}{stopped}"
-
-    @property
-    def history_path(self) -> Path:
-        return self.path.parent / HISTORY_NAME
 
     def trained(self) -> dict[str, tuple[int | None, int | None]]:
         """{"epochs": (done, planned), "iterations": (done, planned)}: a stopped run did fewer than planned.
@@ -214,14 +209,9 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunInfo]:
             continue
         name = path.stem if path.parent == root else (
             path.parent.name if path.name == WEIGHTS_NAME else f"{path.parent.name}/{path.stem}")
-        runs.append(RunInfo(name, path, stat.st_mtime, stat.st_size, extra, (path.parent / HISTORY_NAME).is_file()))
+        runs.append(RunInfo(name, path, stat.st_mtime, stat.st_size, extra))
     runs.sort(key=lambda r: (r.mtime, r.name), reverse=True)
     return runs
-
-
-def find_run(name: str, runs_dir: str | Path | None = None) -> RunInfo | None:
-    """The listed run called `name`, or None."""
-    return next((r for r in list_runs(runs_dir) if r.name == name), None)
 
 
 def save_run(weights: bytes, dataset: str, history: dict | None = None, runs_dir: str | Path | None = None) -> Path:
@@ -252,11 +242,3 @@ def write_history(run_dir: str | Path, history: dict) -> Path:
     run_dir = check_runs_dir(Path(run_dir).parent) / Path(run_dir).name
     return write_atomically(run_dir / HISTORY_NAME, json.dumps(history).encode())
 
-
-def read_history(run: RunInfo | str | Path) -> dict | None:
-    """The training history saved with a run, or None when there is none (or it is unreadable)."""
-    path = run.history_path if isinstance(run, RunInfo) else Path(run) / HISTORY_NAME
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

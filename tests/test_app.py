@@ -20,7 +20,7 @@ from ebm import jobs, runs
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_to_bytes, write_atomically
 from ebm.data import RAW_FILES, idx_bytes
 
-from conftest import disk_full_under, isolated_server_state
+from conftest import disk_full_under, isolated_server_state, synthetic_data_loader
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
@@ -30,7 +30,7 @@ TIMEOUT = 60
 def environment(tmp_path, monkeypatch):
     """Runs under tmp, an empty data dir, one torch thread, no earlier trainings, none left running afterwards."""
     monkeypatch.setattr(jobs, "_jobs", [])  # the server's training registry, as on a fresh server
-    monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
+    monkeypatch.setattr(jobs, "default_data_loader", synthetic_data_loader(train_size=256, test_size=64))
     with isolated_server_state(tmp_path, monkeypatch):
         torch.set_num_threads(1)  # as app.py does (AppTest runs some pages without app.py, see widgets.ensure_router)
         yield tmp_path

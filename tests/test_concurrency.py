@@ -43,7 +43,7 @@ from ebm.limits import MAX_CHAIN_STEPS, RequestTooLarge, check_request_size
 from ebm.render import sample_view
 from ebm.training import TrainConfig
 
-from conftest import isolated_server_state
+from conftest import isolated_server_state, synthetic_data_loader
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -165,14 +165,14 @@ LONG_TRAINING = TrainConfig(ae_hidden_dim=16, ae_epochs=1, ae_batch_size=64, ebm
 
 
 def test_a_second_training_is_refused_while_one_runs(isolated):
-    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    loader = synthetic_data_loader(train_size=256, test_size=64)
     first = jobs.start_training(LONG_TRAINING, data_loader=loader, owner="alice")
     try:
         with pytest.raises(jobs.JobAlreadyRunning) as info:
             jobs.start_training(LONG_TRAINING, data_loader=loader, owner="bob")
         message = str(info.value)
         assert first.id in message and "only one training runs at a time" in message
-        assert jobs.active_job() is first and jobs.latest_job() is first
+        assert first.active and jobs.latest_job() is first
     finally:
         first.stop(by="alice")
         assert first.join(60), "the training did not stop"
@@ -182,7 +182,7 @@ def test_a_second_training_is_refused_while_one_runs(isolated):
 
 
 def test_racing_training_requests_start_exactly_one(isolated):
-    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    loader = synthetic_data_loader(train_size=256, test_size=64)
     barrier = threading.Barrier(SESSIONS)
 
     def attempt(i: int):

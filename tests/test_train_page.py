@@ -16,7 +16,7 @@ from ebm.data import DatasetError
 from ebm.limits import stage_macs
 from ebm.training import TrainConfig
 
-from conftest import isolated_server_state
+from conftest import isolated_server_state, synthetic_data_loader
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TINY_FORM = {"t_ae_epochs": 1, "t_ae_hidden_dim": 16, "t_ebm_hidden_dim": 8, "t_ebm_layers": 2, "t_ebm_iterations": 30,
@@ -29,7 +29,7 @@ STAGE_2_FORM_MAXIMA = {"t_ebm_hidden_dim": 1024, "t_ebm_layers": 8, "t_ebm_batch
 def environment(tmp_path, monkeypatch):
     """A fresh server's registry, runs under tmp, random images for training, none left running afterwards."""
     monkeypatch.setattr(jobs, "_jobs", [])
-    monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
+    monkeypatch.setattr(jobs, "default_data_loader", synthetic_data_loader(train_size=256, test_size=64))
     with isolated_server_state(tmp_path, monkeypatch):
         torch.set_num_threads(1)
         yield tmp_path
@@ -97,7 +97,7 @@ def test_only_the_visitor_who_started_a_training_can_stop_it():
     assert len(visitor.get("progress")) == 2 and start_button(visitor).disabled
     with pytest.raises(jobs.NotOwner):
         job.stop(by=visitor.session_state["session_owner"])
-    assert job.active and not job.stop_requested
+    assert job.snapshot().state == "training"  # not stopped by the visitor
     owner.button(key="stop_training").click().run()
     assert job.join(60) and job.snapshot().state == "stopped"
 
@@ -152,7 +152,7 @@ def test_a_training_without_autoencoder_epochs_shows_stage_1_skipped():
 
 def test_the_remaining_time_says_estimating_until_the_pace_is_known(monkeypatch):
     release = threading.Event()
-    synthetic = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    synthetic = synthetic_data_loader(train_size=256, test_size=64)
 
     def slow(name, split, threshold):
         release.wait(30)
