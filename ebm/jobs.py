@@ -92,10 +92,12 @@ class JobSnapshot:
 
     @property
     def active(self) -> bool:
+        """Still working: starting, loading data, training, stopping or saving."""
         return self.state in ACTIVE_STATES
 
     @property
     def done(self) -> bool:
+        """Ended: finished, stopped or failed."""
         return self.state in FINAL_STATES
 
     def series(self, stage: str) -> list[dict]:
@@ -148,11 +150,13 @@ class TrainingJob:
 
     @property
     def active(self) -> bool:
+        """Whether the job is still working (see `JobSnapshot.active`)."""
         with self._lock:
             return self._state in ACTIVE_STATES
 
     # ---- reading -------------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:
+        """A consistent copy of the job's state now, safe to read from any thread."""
         with self._lock:
             now = self._ended if self._ended is not None else time.monotonic()
             events = list(self._events)  # event dicts are never mutated after being appended
@@ -169,8 +173,8 @@ class TrainingJob:
                 negatives=None if self._negatives is None else self._negatives.copy(),
                 negatives_step=self._negatives_step, error=self._error, run_path=self._run_path,
                 started_at=self._started_at, elapsed=now - self._t0,
-                ended_at=None if self._ended is None else self._started_at + now - self._t0, stage=stage, progress=progress,
-                stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
+                ended_at=None if self._ended is None else self._started_at + now - self._t0, stage=stage,
+                progress=progress, stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
             )
 
     # ---- the worker ----------------------------------------------------------------------
@@ -337,5 +341,6 @@ def latest_job() -> TrainingJob | None:
 
 
 def get_job(job_id: str) -> TrainingJob | None:
+    """The training with this id, if the registry still holds it."""
     with _registry_lock:
         return next((j for j in _jobs if j.id == job_id), None)

@@ -105,8 +105,10 @@ def read_only_dir(tmp_path):
     if os.geteuid() != 0:
         lock, unlock = lambda: folder.chmod(0o555), lambda: folder.chmod(0o755)
     elif shutil.which("chattr") is not None:
-        lock = lambda: subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
-        unlock = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True, capture_output=True)
+        def chattr(flag: str):
+            return lambda: subprocess.run(["chattr", flag, str(folder)], check=True, capture_output=True)
+
+        lock, unlock = chattr("+i"), chattr("-i")
     else:
         pytest.skip("root ignores chmod, and chattr is not installed to make a folder read-only")
     try:

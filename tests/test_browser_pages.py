@@ -8,7 +8,6 @@ in artifacts/screenshots/. Locators are scoped to the main block; waits are on s
 from __future__ import annotations
 
 import pytest
-
 from test_browser import MAIN, browser, main, open_page, page, server, settle, shot, wait_until  # noqa: F401 (fixtures)
 
 WIDTHS = [1400, 1200, 420]
@@ -97,7 +96,9 @@ def test_a_big_grid_shows_a_readable_subset_then_all(page, server):
     grid = main(page).locator('[data-testid="stImage"]').filter(has_text="samples after step").locator("img")
     assert grid.evaluate("img => img.naturalWidth") == (8 * 30 + 2) * 2  # 8 digits a row
     main(page).get_by_text("Show all 1,024").click()
-    wait_until(page, "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')].some(i => i.naturalWidth > 1000)")
+    wait_until(
+        page, "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')].some(i => i.naturalWidth > 1000)"
+    )
     settle(page)
     shot(page, "sample_1024_all")
     assert main(page).get_by_text("first 64 shown").count() == 0

@@ -182,7 +182,8 @@ def _ignored(rel: str, patterns) -> bool:
 
 def test_dockerignore_keeps_what_the_app_needs():
     patterns = _dockerignore_patterns()
-    needed = ["app.py", "widgets.py", "figures.py", "requirements.txt", "ebm/__init__.py", "weights/mnist_d4.safetensors"]
+    needed = ["app.py", "widgets.py", "figures.py", "requirements.txt", "ebm/__init__.py",
+              "weights/mnist_d4.safetensors"]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "pages").glob("*.py")]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "ebm").glob("*.py")]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "weights").glob("*.safetensors")]

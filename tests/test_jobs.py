@@ -302,10 +302,14 @@ def test_a_stop_check_that_never_fires_changes_nothing():
     """Asking should_stop inside the loops draws no random numbers: same seed, same tensors, same events."""
     cfg = tiny(ae_epochs=2, ebm_iterations=40, mcmc_steps=70)  # 70 steps: two blocks per iteration
     plain, checked = build_model(cfg), build_model(cfg)
-    plain_events = [(e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)]
+    plain_events = [
+        (e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)
+    ]
     never = StopAfter(float("inf"))
-    checked_events = [(e.stage, e.step, e.losses)
-                      for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)]
+    checked_events = [
+        (e.stage, e.step, e.losses)
+        for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)
+    ]
     assert checked_events == plain_events
     assert never.count >= 2 * 4 + 40 * 2  # asked before every batch and after every block of Langevin steps
     for (name, a), b in zip(plain.state_dict().items(), checked.state_dict().values()):
