@@ -8,6 +8,7 @@ in artifacts/screenshots/. Locators are scoped to the main block; waits are on s
 from __future__ import annotations
 
 import pytest
+
 from test_browser import MAIN, browser, main, open_page, page, server, settle, shot, wait_until  # noqa: F401 (fixtures)
 
 WIDTHS = [1400, 1200, 420]
