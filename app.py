@@ -12,7 +12,9 @@ import widgets
 # has its own thread, and OpenMP keeps the limit per thread.
 widgets.configure_process()
 
-st.set_page_config(page_title="mnist-ebm · digits from an energy landscape", page_icon=":material/blur_on:", layout="wide")
+st.set_page_config(
+    page_title="mnist-ebm · digits from an energy landscape", page_icon=":material/blur_on:", layout="wide"
+)
 
 pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),

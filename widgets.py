@@ -540,23 +540,6 @@ def cached_birth_view(loaded: LoadedModel, settings: BirthSettings = BirthSettin
                      settings.num_steps, "Letting the chains settle")
 
 
-# ---- charts -------------------------------------------------------------------------------------
-_THEME_PLACEHOLDER = re.compile(r"#0000([0-3][0-9]|40)", re.IGNORECASE)
-
-
-def colorscale(name: str) -> list[list]:
-    """Plotly's named colour scale as explicit stops, safe from Streamlit's chart theme.
-
-    The theme sends colours #000001-#000040 as placeholders that the browser swaps for theme
-    colours, and Magma starts at #000004: zero density was drawn pink. Such stops get a red
-    channel of 01, which no eye can tell from the original.
-    """
-    import plotly.colors
-
-    return [[position, _THEME_PLACEHOLDER.sub(lambda m: "#0100" + m.group(1), colour)]
-            for position, colour in plotly.colors.get_colorscale(name)]
-
-
 # ---- pictures -----------------------------------------------------------------------------------
 def digit_picture(pixels: np.ndarray | torch.Tensor, scale: int = 4) -> np.ndarray:
     """One (784,) digit as a uint8 picture, scaled up."""

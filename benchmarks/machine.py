@@ -13,15 +13,21 @@ from contextlib import contextmanager
 def cpu_model() -> str:
     """lscpu's model name."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown")
+    return next(
+        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown"
+    )
 
 
 @contextmanager
 def busy_processes(n: int, seconds: float = 1200) -> Iterator[None]:
     """n other programs, each keeping a core busy, for the duration of a block (each ends by itself
     after `seconds` if this one is killed)."""
-    hogs = [subprocess.Popen([sys.executable, "-c", f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"])
-            for _ in range(n)]
+    hogs = [
+        subprocess.Popen(
+            [sys.executable, "-c", f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass"]
+        )
+        for _ in range(n)
+    ]
     try:
         yield
     finally:

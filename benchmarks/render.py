@@ -16,12 +16,12 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
+from benchmarks.machine import cpu_model
 from ebm.checkpoint import load_model
 from ebm.generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from ebm.images import gif_bytes, image_grid, png_bytes
 from ebm.limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, frame_indices
 from ebm.render import sample_view
-from benchmarks.machine import cpu_model
 from ebm.threads import limit_native_threads, set_chain_threads
 
 

@@ -136,7 +136,9 @@ def streamlit_server(workdir: Path, repo: Path = REPO, env: dict[str, str] | Non
                "--server.address", "127.0.0.1", "--server.port", str(port), "--server.fileWatcherType", "none"]
     log_path = workdir / "server.log"
     with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            command, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         give_up = time.monotonic() + SERVER_START_TIMEOUT_S
         while not server_is_healthy(port):
@@ -200,7 +202,9 @@ async def request(ws: ClientConnection, view: PageView, seed: int, timeout_s: fl
                     element = msg.delta.new_element
                     which = element.WhichOneof("type") if msg.delta.HasField("new_element") else None
                     if which == "exception":
-                        return Result(None, f"exception: {element.exception.type}: {element.exception.message}", saw_queued)
+                        return Result(
+                            None, f"exception: {element.exception.type}: {element.exception.message}", saw_queued
+                        )
                     if which == "number_input" and element.number_input.label == SEED_LABEL:
                         view.seed_widget_id = element.number_input.id
                     if which == "imgs" and any(FINAL_IMAGE_CAPTION in img.caption for img in element.imgs.imgs):
@@ -256,7 +260,9 @@ async def session(port: int, seeds: list[int], deadline: float) -> list[Result]:
     return results
 
 
-async def run_scenario(port: int, sessions: int, requests: int, first_seed: int, deadline: float, hog: bool = False) -> Scenario:
+async def run_scenario(
+    port: int, sessions: int, requests: int, first_seed: int, deadline: float, hog: bool = False
+) -> Scenario:
     """`sessions` sessions at once, `requests` each, seeds first_seed, first_seed + 1, ..."""
     seeds = [list(range(first_seed + s * requests, first_seed + (s + 1) * requests)) for s in range(sessions)]
     with busy_processes(1 if hog else 0):
@@ -295,7 +301,9 @@ def print_table(rows: list[dict]) -> None:
             print(f"error ({row['sessions']} sessions, hog {'yes' if row['hog'] else 'no'}): {message}")
 
 
-async def benchmark(port: int, sessions: list[int], requests: int, hogs: list[bool], deadline: float) -> tuple[float, list[dict]]:
+async def benchmark(
+    port: int, sessions: list[int], requests: int, hogs: list[bool], deadline: float
+) -> tuple[float, list[dict]]:
     """Warm-up request, single-request time, then every scenario in turn; returns (single, rows)."""
     warm_up = (await run_scenario(port, 1, 1, first_seed=1, deadline=deadline)).results
     single = (await run_scenario(port, 1, 1, first_seed=2, deadline=deadline)).results
@@ -318,9 +326,15 @@ async def benchmark(port: int, sessions: list[int], requests: int, hogs: list[bo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", default="1,8,32", help="comma-separated session counts, one scenario each")
-    parser.add_argument("--requests", type=int, default=3, help="requests per session (the page load, then seed changes)")
-    parser.add_argument("--hog", choices=("both", "off", "on"), default="both", help="run each scenario without and/or with a CPU hog")
-    parser.add_argument("--deadline", type=float, default=3600, help="seconds for the whole run; later requests are not sent")
+    parser.add_argument(
+        "--requests", type=int, default=3, help="requests per session (the page load, then seed changes)"
+    )
+    parser.add_argument(
+        "--hog", choices=("both", "off", "on"), default="both", help="run each scenario without and/or with a CPU hog"
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=3600, help="seconds for the whole run; later requests are not sent"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 sessions, 1 request, no hog")
     parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
     args = parser.parse_args()
@@ -337,8 +351,9 @@ def main() -> None:
     print(f"load average {loadavg}")
     ARTIFACTS.mkdir(exist_ok=True)
     out = ARTIFACTS / ("serving-quick.json" if args.quick else "serving.json")
-    out.write_text(json.dumps(dict(cpu=cpu_model(), cores=os.cpu_count(), loadavg_after=loadavg, requests_per_session=requests,
-                                   single_request_s=single_request_s, scenarios=rows), indent=2))
+    out.write_text(json.dumps(dict(cpu=cpu_model(), cores=os.cpu_count(), loadavg_after=loadavg,
+                                   requests_per_session=requests, single_request_s=single_request_s, scenarios=rows),
+                              indent=2))
     print(f"figures written to {out.relative_to(REPO)}")
     p95_8 = next((row["p95_s"] for row in rows if row["sessions"] == 8 and not row["hog"]), float("nan"))
     print(f"serving_p95_8={p95_8:.2f}")

@@ -76,13 +76,19 @@ def main() -> None:
         with busy_processes(args.hogs):
             busy = measure(threads, args.batches, args.iterations)
         rows[threads] = (alone, busy)
-    print(f"{'torch threads':>13} {'stage 1 alone':>14} {'busy':>8} {'ratio':>6} {'stage 2 alone':>14} {'busy':>8} {'ratio':>6}")
+    print(
+        f"{'torch threads':>13} {'stage 1 alone':>14} {'busy':>8} {'ratio':>6} {'stage 2 alone':>14} "
+        f"{'busy':>8} {'ratio':>6}"
+    )
     for threads, (alone, busy) in rows.items():
         r1, r2 = busy["stage1"] / alone["stage1"], busy["stage2"] / alone["stage2"]
         print(f"{threads:>13} {alone['stage1']:>11.1f}/s {busy['stage1']:>6.1f}/s {r1:>6.2f} "
               f"{alone['stage2']:>11.1f}/s {busy['stage2']:>6.1f}/s {r2:>6.2f}")
     alone, busy = rows[1]
-    print(f"busy_ratio_stage1={busy['stage1'] / alone['stage1']:.2f} busy_ratio_stage2={busy['stage2'] / alone['stage2']:.2f}")
+    print(
+        f"busy_ratio_stage1={busy['stage1'] / alone['stage1']:.2f} "
+        f"busy_ratio_stage2={busy['stage2'] / alone['stage2']:.2f}"
+    )
 
 
 if __name__ == "__main__":

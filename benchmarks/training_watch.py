@@ -111,7 +111,9 @@ def synthetic_mnist(root: Path) -> Path:
     """A small MNIST-shaped dataset (random strokes) in torchvision's raw layout, as tests/test_browser.py makes."""
 
     def idx(array: np.ndarray) -> bytes:  # the IDX format: magic (0, 0, ubyte, ndim), big-endian sizes, data
-        return bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape) + array.tobytes()
+        return (
+            bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape) + array.tobytes()
+        )
 
     rng = np.random.default_rng(0)
     raw = root / "MNIST" / "raw"
@@ -288,7 +290,9 @@ def check_running(reading: Reading, iterations: int) -> None:
                              "did: raise --iterations")
 
 
-async def measure(port: int, epochs: int, iterations: int, window_s: float, windows: int, warmup_steps: int) -> list[Window]:
+async def measure(
+    port: int, epochs: int, iterations: int, window_s: float, windows: int, warmup_steps: int
+) -> list[Window]:
     """Start the training, wait for stage 2, then pairs of OPEN and CLOSED windows; returns them in order."""
     result: list[Window] = []
     page = await open_train_page(port)
@@ -306,8 +310,8 @@ async def measure(port: int, epochs: int, iterations: int, window_s: float, wind
             for kind in ("open", "closed") if n % 2 else ("closed", "open"):
                 if kind == "open":
                     first = len(page.readings)
-                    await page.wait_for(lambda: page.readings[-1].t >= start.t + window_s, window_s + READING_TIMEOUT_S,
-                                        "the end of an open window")
+                    await page.wait_for(lambda: page.readings[-1].t >= start.t + window_s,  # noqa: B023 (awaited here)
+                                        window_s + READING_TIMEOUT_S, "the end of an open window")
                     end = page.readings[-1]
                     check_running(end, iterations)
                     result.append(Window("open", start, end, len(page.readings) - first))
@@ -364,8 +368,12 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=40, help="seconds per window")
     parser.add_argument("--windows", type=int, default=2, help="pairs of windows: open-closed, closed-open, ...")
     parser.add_argument("--epochs", type=int, default=1, help="stage-1 epochs (the form's t_ae_epochs)")
-    parser.add_argument("--iterations", type=int, default=20_000,
-                        help="stage-2 iterations (t_ebm_iterations): more than the windows need; the server is stopped at the end")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=20_000,
+        help="stage-2 iterations (t_ebm_iterations): more than the windows need; the server is stopped at the end",
+    )
     parser.add_argument("--warmup-steps", type=int, default=100, help="stage-2 iterations before the first window")
     args = parser.parse_args()
     repo = args.repo
@@ -375,8 +383,12 @@ def main() -> None:
         print(f"repo: {repo}; data: {data or 'synthetic MNIST-shaped set (no MNIST in $EBM_DATA_DIR)'}", flush=True)
         data = data or synthetic_mnist(Path(tmp) / "data")
         with streamlit_server(Path(tmp), repo=repo, env={"EBM_DATA_DIR": str(data)}) as port:
-            print(f"server on 127.0.0.1:{port}; training {args.epochs} epoch(s), {args.iterations} iterations", flush=True)
-            windows = asyncio.run(measure(port, args.epochs, args.iterations, args.window, args.windows, args.warmup_steps))
+            print(
+                f"server on 127.0.0.1:{port}; training {args.epochs} epoch(s), {args.iterations} iterations", flush=True
+            )
+            windows = asyncio.run(
+                measure(port, args.epochs, args.iterations, args.window, args.windows, args.warmup_steps)
+            )
     print(f"CPU: {cpu_model()}; load average after {os.getloadavg()}")
     ratio = print_table(windows, args.iterations)
     print(f"watch_ratio={ratio:.3f}")

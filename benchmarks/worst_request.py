@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -51,7 +50,8 @@ SETTLED_JS = """() => {
     const alerts = [...document.querySelectorAll('[data-testid="stSidebar"] [data-testid="stAlert"],'
         + ' [data-testid="stMain"] [data-testid="stAlert"], [data-testid="stFileUploaderFileError"],'
         + ' [data-testid="stSidebar"] [data-testid="stFileUploader"] [role="alert"]')];
-    const grid = [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')].map(i => i.src).join();
+    const grid = [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
+        .map(i => i.src).join();
     return JSON.stringify({alerts: alerts.map(a => a.innerText.trim().slice(0, 160)), grid: grid.slice(-40)});
 }"""
 
@@ -59,7 +59,9 @@ SETTLED_JS = """() => {
 def weights(layers: int, width: int, seed: int = 0) -> bytes:
     """A valid weights file: the shipped autoencoder's shape and an energy net of `layers` x `width`."""
     torch.manual_seed(seed)
-    model = LatentEBM(Autoencoder(AutoencoderConfig()), EnergyNet(EnergyConfig(4, width, layers)), torch.zeros(4), torch.ones(4))
+    model = LatentEBM(
+        Autoencoder(AutoencoderConfig()), EnergyNet(EnergyConfig(4, width, layers)), torch.zeros(4), torch.ones(4)
+    )
     return model_to_bytes(model, {"dataset": "mnist", "threshold": 0.5})
 
 
@@ -158,9 +160,16 @@ def run_case(case: str, repo: Path, browser) -> dict:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         sessions = []
-        page.on("request", lambda r: sessions.append(r.url.split("/upload_file/")[1].split("/")[0]) if "/upload_file/" in r.url else None)
+        page.on(
+            "request",
+            lambda r: (
+                sessions.append(r.url.split("/upload_file/")[1].split("/")[0]) if "/upload_file/" in r.url else None
+            ),
+        )
         page.goto(f"{base}/{'explorer' if case == 'explorer-leave' else 'sample'}")
-        page.locator('[data-testid="stMain"] [data-testid="stImage"], [data-testid="stMain"] [data-testid="stPlotlyChart"]').first.wait_for()
+        page.locator(
+            '[data-testid="stMain"] [data-testid="stImage"], [data-testid="stMain"] [data-testid="stPlotlyChart"]'
+        ).first.wait_for()
         before = settle(page)
         server.wait_idle(120)
         cpu0, rss0 = server.cpu_s(), server.memory_mb("VmRSS")
@@ -169,12 +178,18 @@ def run_case(case: str, repo: Path, browser) -> dict:
             page.goto(f"{base}/sample?chains=1024&K=1950&seed=7")
             detail = settle(page)["alerts"]
         elif case in ("upload-costly", "upload-68mb", "header-bomb"):
-            data = {"upload-costly": lambda: weights(8, 1024), "upload-68mb": lambda: weights(16, 1024), "header-bomb": header_bomb}[case]()
+            data = {
+                "upload-costly": lambda: weights(8, 1024),
+                "upload-68mb": lambda: weights(16, 1024),
+                "header-bomb": header_bomb,
+            }[case]()
             upload(page, Path(tmp) / f"{case}.safetensors", data)
             detail = {"file_mb": round(len(data) / 1e6, 1), "alerts": wait_changed(page, before)["alerts"]}
         elif case == "explorer-leave":
             upload(page, Path(tmp) / "upload-costly.safetensors", weights(8, 1024))
-            page.locator('[data-testid="stMain"] [data-testid="stProgress"], [data-testid="stSidebar"] [data-testid="stAlert"]').first.wait_for()
+            page.locator(
+                '[data-testid="stMain"] [data-testid="stProgress"], [data-testid="stSidebar"] [data-testid="stAlert"]'
+            ).first.wait_for()
             context.close()  # the visitor leaves while the quadrature runs
         elif case == "made-up-ids":
             upload(page, Path(tmp) / "small.safetensors", b"not weights")  # a real upload, to learn the session id
@@ -192,8 +207,12 @@ def run_case(case: str, repo: Path, browser) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
-    parser.add_argument("--baseline", type=app_checkout, default=None,
-                        help="another checkout (e.g. a worktree of an older commit) run on each case first, side by side")
+    parser.add_argument(
+        "--baseline",
+        type=app_checkout,
+        default=None,
+        help="another checkout (e.g. a worktree of an older commit) run on each case first, side by side",
+    )
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -208,14 +227,20 @@ def main() -> None:
                 for label, repo in apps.items():
                     row = {"app": label, **run_case(case, repo, browser)}
                     rows.append(row)
-                    print(f"{row['case']:<15} {label:<6} cpu {row['cpu_s']:>8.2f} s  rss {row['rss_before_mb']:>5} -> peak "
-                          f"{row['peak_rss_mb']:>5} MB (after {row['rss_after_mb']:>5})  {json.dumps(row['detail'])[:200]}",
-                          flush=True)
+                    print(
+                        f"{row['case']:<15} {label:<6} cpu {row['cpu_s']:>8.2f} s  rss "
+                        f"{row['rss_before_mb']:>5} -> peak "
+                        f"{row['peak_rss_mb']:>5} MB (after {row['rss_after_mb']:>5})  "
+                        f"{json.dumps(row['detail'])[:200]}",
+                        flush=True,
+                    )
         finally:
             browser.close()
     out = REPO / "artifacts" / "worst_request.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"cpu": cpu_model(), "apps": {k: str(v) for k, v in apps.items()}, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps({"cpu": cpu_model(), "apps": {k: str(v) for k, v in apps.items()}, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+"""`python -m ebm`: the command line of `ebm.cli`."""
+
 from .cli import main
 
 main()

@@ -32,9 +32,9 @@ _one_at_a_time = threading.Lock()
 def miniature(cfg: TrainConfig) -> TrainConfig:
     """The config timed for `cfg`: its shapes, sampler and device, a few small batches and iterations."""
     return dataclasses.replace(
-        cfg, ae_epochs=1, ae_batch_size=min(cfg.ae_batch_size, CALIBRATION_BATCH), ebm_iterations=CALIBRATION_ITERATIONS,
-        ebm_batch_size=min(cfg.ebm_batch_size, CALIBRATION_BATCH), mcmc_steps=min(cfg.mcmc_steps, CALIBRATION_STEPS),
-        ebm_train_images=None, negatives_every=0)
+        cfg, ae_epochs=1, ae_batch_size=min(cfg.ae_batch_size, CALIBRATION_BATCH),
+        ebm_iterations=CALIBRATION_ITERATIONS, ebm_batch_size=min(cfg.ebm_batch_size, CALIBRATION_BATCH),
+        mcmc_steps=min(cfg.mcmc_steps, CALIBRATION_STEPS), ebm_train_images=None, negatives_every=0)
 
 
 @functools.lru_cache(maxsize=64)

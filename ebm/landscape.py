@@ -4,6 +4,7 @@ All functions work in the model's standardized code space (where the energy net 
 accept a `LatentEBM` or a bare `EnergyNet`, and return numpy arrays ready to plot.
 
 - `energy_slice`: E on a 2-D grid over two chosen dims, the other dims held fixed.
+- `decode_point`: what one code decodes to, and its energy.
 - `interpolate`: a straight path between two codes, decoded, with the energy along it.
 - `marginal_densities`: each dim's marginal density p_i(z_i) = ∫ exp(-E(z)) dz_{-i} / Z and
   log Z itself, by log-sum-exp over a regular grid on the whole latent space. With d = 4 a
@@ -100,10 +101,6 @@ class EnergySlice:
     def density(self) -> np.ndarray:
         return np.exp(self.log_density)
 
-    def code_at(self, x: float, y: float) -> np.ndarray:
-        """The full (d,) code of the point (x, y) on this plane."""
-        return slice_code(self.dims, self.fixed, x, y)
-
 
 def slice_code(dims: Sequence[int], fixed: Sequence[float], x: float, y: float) -> np.ndarray:
     """(d,) code equal to `fixed` except dims[0] = x and dims[1] = y."""
@@ -134,6 +131,14 @@ def energy_slice(
     codes[:, j] = yy.reshape(-1)
     e = energies(model, codes).reshape(len(axis), len(axis))
     return EnergySlice((i, j), base.numpy().copy(), axis.numpy().copy(), axis.numpy().copy(), e.numpy().astype(np.float64))
+
+
+@torch.no_grad()
+def decode_point(model: LatentEBM, code: Sequence[float] | np.ndarray) -> tuple[np.ndarray, float]:
+    """One (d,) standardized code's decoded pixel probabilities (784,) and its energy E."""
+    codes = torch.as_tensor(np.asarray(code, dtype=np.float32))[None]
+    energy = float(energies(model, codes)[0])  # first: it says so when the code does not fit the model
+    return model.decode(codes)[0].numpy(), energy
 
 
 @dataclass

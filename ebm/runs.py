@@ -42,7 +42,7 @@ class RunsDirError(OSError):
 
 
 def default_runs_dir() -> Path:
-    """``$EBM_RUNS_DIR`` if set, else ``runs`` (relative to the working directory, like the CLI)."""
+    """`$EBM_RUNS_DIR` if set, else `runs` (relative to the working directory, like the CLI)."""
     return Path(os.environ.get("EBM_RUNS_DIR") or "runs")
 
 
@@ -83,7 +83,9 @@ def check_room(folder: str | Path, weights_bytes: int) -> Path:
     needed = int(weights_bytes * ROOM_MARGIN) + ROOM_SLACK_BYTES
     free = shutil.disk_usage(existing).free
     if free < needed:
-        raise RunsDirError(folder, f"has {free / 1e6:.1f} MB free on its disk and a run needs about {needed / 1e6:.1f} MB")
+        raise RunsDirError(
+            folder, f"has {free / 1e6:.1f} MB free on its disk and a run needs about {needed / 1e6:.1f} MB"
+        )
     return folder
 
 
@@ -113,7 +115,7 @@ def _slug(text: str) -> str:
 
 
 def new_run_dir(runs_dir: str | Path | None = None, dataset: str = "mnist", now: float | None = None) -> Path:
-    """Create and return a fresh folder ``<runs_dir>/<YYYYmmdd-HHMMSS>-<dataset>[-n]``.
+    """Create and return a fresh folder `<runs_dir>/<YYYYmmdd-HHMMSS>-<dataset>[-n]`.
 
     The name sorts by time; a clash (two runs in the same second) gets a numeric suffix.
     Creation is atomic (mkdir without exist_ok), so two callers never share a folder.
@@ -140,20 +142,17 @@ class RunInfo:
     mtime: float
     size: int
     extra: dict = field(default_factory=dict)  # the `extra` metadata: dataset, train_config, ...
-    has_history: bool = False
 
     @property
     def dataset(self) -> str:
+        """The dataset the run was trained on, "?" when its metadata does not say."""
         return str(self.extra.get("dataset", "?"))
 
     @property
     def label(self) -> str:
+        """The run's name as a menu shows it, marked when the training was stopped early."""
         stopped = " (stopped early)" if self.extra.get("stopped_early") else ""
         return f"{self.name}{stopped}"
-
-    @property
-    def history_path(self) -> Path:
-        return self.path.parent / HISTORY_NAME
 
     def trained(self) -> dict[str, tuple[int | None, int | None]]:
         """{"epochs": (done, planned), "iterations": (done, planned)}: a stopped run did fewer than planned.
@@ -163,7 +162,10 @@ class RunInfo:
         cfg = self.extra.get("train_config") or {}
         done = self.extra.get("stages_done") or {}
         counts = {}
-        for key, field_name, stage in (("epochs", "ae_epochs", "autoencoder"), ("iterations", "ebm_iterations", "energy")):
+        for key, field_name, stage in (
+            ("epochs", "ae_epochs", "autoencoder"),
+            ("iterations", "ebm_iterations", "energy"),
+        ):
             planned = cfg.get(field_name)
             planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else None
             fraction = done.get(stage)
@@ -191,7 +193,7 @@ def read_extra(path: str | Path) -> dict | None:
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[RunInfo]:
-    """Runs under the runs directory, newest first: ``<dir>/<run>/*.safetensors`` and ``<dir>/*.safetensors``.
+    """Runs under the runs directory, newest first: `<dir>/<run>/*.safetensors` and `<dir>/*.safetensors`.
 
     Files that are not mnist-ebm weights (or are being written: temp files start with '.')
     are skipped. A missing directory means no runs.
@@ -214,14 +216,9 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunInfo]:
             continue
         name = path.stem if path.parent == root else (
             path.parent.name if path.name == WEIGHTS_NAME else f"{path.parent.name}/{path.stem}")
-        runs.append(RunInfo(name, path, stat.st_mtime, stat.st_size, extra, (path.parent / HISTORY_NAME).is_file()))
+        runs.append(RunInfo(name, path, stat.st_mtime, stat.st_size, extra))
     runs.sort(key=lambda r: (r.mtime, r.name), reverse=True)
     return runs
-
-
-def find_run(name: str, runs_dir: str | Path | None = None) -> RunInfo | None:
-    """The listed run called `name`, or None."""
-    return next((r for r in list_runs(runs_dir) if r.name == name), None)
 
 
 def save_run(weights: bytes, dataset: str, history: dict | None = None, runs_dir: str | Path | None = None) -> Path:
@@ -252,11 +249,3 @@ def write_history(run_dir: str | Path, history: dict) -> Path:
     run_dir = check_runs_dir(Path(run_dir).parent) / Path(run_dir).name
     return write_atomically(run_dir / HISTORY_NAME, json.dumps(history).encode())
 
-
-def read_history(run: RunInfo | str | Path) -> dict | None:
-    """The training history saved with a run, or None when there is none (or it is unreadable)."""
-    path = run.history_path if isinstance(run, RunInfo) else Path(run) / HISTORY_NAME
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

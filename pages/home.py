@@ -20,7 +20,9 @@ TRY_THIS = [
 ]
 
 st.title("Digits from an energy landscape")
-st.caption("An energy-based model of MNIST in the 4-D latent space of a small autoencoder, sampled by Langevin dynamics.")
+st.caption(
+    "An energy-based model of MNIST in the 4-D latent space of a small autoencoder, sampled by Langevin dynamics."
+)
 
 demo, idea = st.columns([2, 3], gap="large")
 
@@ -68,15 +70,23 @@ with idea:
     )
 
     st.subheader("Sampling by Langevin dynamics")
-    st.markdown("Negatives and new digits come from noisy gradient descent on the energy, with step size $\\varepsilon$:")
-    st.latex(r"z \leftarrow z - \frac{\varepsilon^2}{2}\,\nabla_z E_\theta(z) + \varepsilon\,\xi, \qquad \xi \sim \mathcal{N}(0, I)")
+    st.markdown(
+        "Negatives and new digits come from noisy gradient descent on the energy, with step size $\\varepsilon$:"
+    )
+    st.latex(r"z \leftarrow z - \frac{\varepsilon^2}{2}\,\nabla_z E_\theta(z) + \varepsilon\,\xi, "
+             r"\qquad \xi \sim \mathcal{N}(0, I)")
     st.markdown(
         "This unadjusted Langevin algorithm (ULA) is slightly biased for any finite $\\varepsilon$. "
-        "**MALA** makes it exact: the step $z \\to z'$ is a proposal $q$, accepted with the Metropolis–Hastings probability"
+        "**MALA** makes it exact: the step $z \\to z'$ is a proposal $q$, accepted with the "
+        "Metropolis–Hastings probability"
     )
     st.latex(r"\alpha = \min\!\left(1,\; \frac{e^{-E(z')}\, q(z \mid z')}{e^{-E(z)}\, q(z' \mid z)}\right)")
-    st.latex(r"q(z' \mid z) = \mathcal{N}\!\left(z';\; z - \tfrac{\varepsilon^2}{2}\nabla E(z),\; \varepsilon^2 I\right)")
-    st.markdown("so that $p_\\theta$ is exactly invariant; the acceptance rate tells you whether $\\varepsilon$ is too large.")
+    st.latex(
+        r"q(z' \mid z) = \mathcal{N}\!\left(z';\; z - \tfrac{\varepsilon^2}{2}\nabla E(z),\; \varepsilon^2 I\right)"
+    )
+    st.markdown(
+        "so that $p_\\theta$ is exactly invariant; the acceptance rate tells you whether $\\varepsilon$ is too large."
+    )
 
     st.subheader("Why a 4-D latent space")
     st.markdown(

@@ -62,6 +62,24 @@ def tiny_model():
     return model, cfg
 
 
+def synthetic_data_loader(train_size: int = 256, test_size: int = 64, seed: int = 0) -> jobs.DataLoader:
+    """A `jobs.DataLoader` of random binary 784-d images with random labels: trainings without MNIST."""
+
+    def load(dataset: str, split: str, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        n = train_size if split == "train" else test_size
+        gen = torch.Generator().manual_seed(seed + (0 if split == "train" else 1))
+        images = (torch.rand(n, 784, generator=gen) < 0.2).float()
+        return images, torch.randint(10, (n,), generator=gen)
+
+    return load
+
+
+def running_job() -> jobs.TrainingJob | None:
+    """The training running in this process, if any: the latest job, as none starts while one runs."""
+    job = jobs.latest_job()
+    return job if job is not None and job.active else None
+
+
 @contextmanager
 def isolated_server_state(tmp_path, monkeypatch):
     """Runs under tmp, no MNIST, one torch thread per request; afterwards no training left
@@ -71,7 +89,7 @@ def isolated_server_state(tmp_path, monkeypatch):
     monkeypatch.setenv("EBM_TORCH_THREADS", "1")
     threads = torch.get_num_threads()
     yield tmp_path
-    job = jobs.active_job()
+    job = running_job()
     if job is not None:
         job.stop(by=job.owner)
         job.join(60)
@@ -87,8 +105,10 @@ def read_only_dir(tmp_path):
     if os.geteuid() != 0:
         lock, unlock = lambda: folder.chmod(0o555), lambda: folder.chmod(0o755)
     elif shutil.which("chattr") is not None:
-        lock = lambda: subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
-        unlock = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True, capture_output=True)
+        def chattr(flag: str):
+            return lambda: subprocess.run(["chattr", flag, str(folder)], check=True, capture_output=True)
+
+        lock, unlock = chattr("+i"), chattr("-i")
     else:
         pytest.skip("root ignores chmod, and chattr is not installed to make a folder read-only")
     try:

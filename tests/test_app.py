@@ -20,7 +20,7 @@ from ebm import jobs, runs
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model, model_to_bytes, write_atomically
 from ebm.data import RAW_FILES, idx_bytes
 
-from conftest import disk_full_under, isolated_server_state
+from conftest import disk_full_under, isolated_server_state, synthetic_data_loader
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 60
@@ -30,7 +30,7 @@ TIMEOUT = 60
 def environment(tmp_path, monkeypatch):
     """Runs under tmp, an empty data dir, one torch thread, no earlier trainings, none left running afterwards."""
     monkeypatch.setattr(jobs, "_jobs", [])  # the server's training registry, as on a fresh server
-    monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
+    monkeypatch.setattr(jobs, "default_data_loader", synthetic_data_loader(train_size=256, test_size=64))
     with isolated_server_state(tmp_path, monkeypatch):
         torch.set_num_threads(1)  # as app.py does (AppTest runs some pages without app.py, see widgets.ensure_router)
         yield tmp_path
@@ -125,13 +125,17 @@ def plotly_spec(at: AppTest, key: str) -> dict:
 def test_home_explains_and_shows_digits():
     at = open_page()
     assert at.title[0].value.startswith("Digits from an energy landscape")
-    latex = " ".join(l.value for l in at.latex)
+    latex = " ".join(formula.value for formula in at.latex)
     assert "Z_\\theta" in latex and "\\nabla_\\theta" in latex and "\\varepsilon" in latex and "\\min" in latex
     assert any("16 chains started far from the data" in c for c in image_captions(at))
     (energy,) = at.get("plotly_chart")
     assert "Energy of each chain" in energy.proto.spec
     tries = {(link.proto.page, link.proto.query_string) for link in at.get("page_link")}
-    assert {("sample", "sampler=ula&eps=1.2"), ("sample", "chains=1&K=3000&every=10"), ("explorer", "view=density")} <= tries
+    assert {
+        ("sample", "sampler=ula&eps=1.2"),
+        ("sample", "chains=1&K=3000&every=10"),
+        ("explorer", "view=density"),
+    } <= tries
 
 
 @pytest.mark.parametrize("query", ["sampler=ula&eps=1.2", "chains=1&K=3000&every=10"])
@@ -233,7 +237,9 @@ def test_a_session_keeps_its_last_three_uploads():
     shipped, meta = load_model(SHIPPED_WEIGHTS)
     at = open_page("pages/sample.py", {"K": "5", "chains": "4"})
     for n in range(4):  # four distinct valid files
-        at.file_uploader(key="model_upload").upload(f"m{n}.safetensors", model_to_bytes(shipped, {**meta, "copy": n})).run()
+        at.file_uploader(key="model_upload").upload(
+            f"m{n}.safetensors", model_to_bytes(shipped, {**meta, "copy": n})
+        ).run()
         assert not at.exception and not at.sidebar.error
     options = at.selectbox(key="model_choice").options
     assert [o for o in options if o.startswith("Uploaded")] == [f"Uploaded: m{n}.safetensors" for n in (1, 2, 3)]
@@ -252,8 +258,10 @@ def test_an_upload_too_large_for_the_app_is_refused_and_a_costly_one_gets_smalle
     at = open_page("pages/sample.py", {"chains": "1024", "K": "1950"})
     at.file_uploader(key="model_upload").upload("wide.safetensors", model_bytes(EnergyConfig(4, 1024, 2))).run()
     assert not at.exception
-    assert any("wide.safetensors is too large for this app" in plain(e.value) and "56x the shipped net" in plain(e.value)
-               for e in at.sidebar.error)
+    assert any(
+        "wide.safetensors is too large for this app" in plain(e.value) and "56x the shipped net" in plain(e.value)
+        for e in at.sidebar.error
+    )
     assert at.selectbox(key="model_choice").value == "shipped"
     at.file_uploader(key="model_upload").upload("costly.safetensors", model_bytes(EnergyConfig(4, 256, 4))).run()
     assert not at.exception and not at.sidebar.error
@@ -265,7 +273,9 @@ def test_an_upload_too_large_for_the_app_is_refused_and_a_costly_one_gets_smalle
 def test_weights_of_finite_garbage_are_flagged_in_the_picker():
     shipped, meta = load_model(SHIPPED_WEIGHTS)
     gen = torch.Generator().manual_seed(0)
-    garbage = {k: v if k == "code_std" else 50 * torch.randn(v.shape, generator=gen) for k, v in shipped.state_dict().items()}
+    garbage = {
+        k: v if k == "code_std" else 50 * torch.randn(v.shape, generator=gen) for k, v in shipped.state_dict().items()
+    }
     shipped.load_state_dict(garbage)
     at = open_page("pages/sample.py", {"K": "5", "chains": "4"})
     assert not at.sidebar.warning  # the shipped model is fine
@@ -278,10 +288,25 @@ def test_weights_of_finite_garbage_are_flagged_in_the_picker():
 
 def test_a_stopped_run_is_listed_with_what_it_trained(environment):
     config = {"ae_epochs": 12, "ebm_iterations": 5000}
-    save_run_with(environment / "runs", "stopped-run", {"dataset": "mnist", "train_config": config, "stopped_early": True,
-                                                         "stages_done": {"autoencoder": 1.0, "energy": 0.31}})
-    save_run_with(environment / "runs", "whole-run", {"dataset": "mnist", "train_config": {"ae_epochs": 1, "ebm_iterations": 10},
-                                                       "stages_done": {"autoencoder": 1.0, "energy": 1.0}})
+    save_run_with(
+        environment / "runs",
+        "stopped-run",
+        {
+            "dataset": "mnist",
+            "train_config": config,
+            "stopped_early": True,
+            "stages_done": {"autoencoder": 1.0, "energy": 0.31},
+        },
+    )
+    save_run_with(
+        environment / "runs",
+        "whole-run",
+        {
+            "dataset": "mnist",
+            "train_config": {"ae_epochs": 1, "ebm_iterations": 10},
+            "stages_done": {"autoencoder": 1.0, "energy": 1.0},
+        },
+    )
     at = open_page("pages/sample.py", {"model": "stopped-run", "K": "5", "chains": "4"})
     assert [c.value for c in at.sidebar.caption][0] == "MNIST · 12 epochs, 1,550 of 5,000 iterations · stopped early"
     at = open_page("pages/sample.py", {"model": "whole-run", "K": "5", "chains": "4"})
@@ -290,7 +315,9 @@ def test_a_stopped_run_is_listed_with_what_it_trained(environment):
 
 def test_unknown_model_in_the_url_falls_back_to_shipped():
     at = open_page("pages/sample.py", {"model": "no-such-run"})
-    assert [plain(w.value) for w in at.sidebar.warning] == ["The model no-such-run from the link was not found; using the shipped model"]
+    assert [plain(w.value) for w in at.sidebar.warning] == [
+        "The model no-such-run from the link was not found; using the shipped model"
+    ]
     assert at.selectbox(key="model_choice").value == "shipped"
 
 
@@ -319,17 +346,28 @@ def test_a_run_with_a_nan_tensor_is_refused_by_name(environment):
     save_run_with(environment / "runs", "nan-run", tensors={"energy.out.bias": torch.full((1,), float("nan"))})
     at = open_page("pages/sample.py", {"model": "nan-run"})
     assert [plain(e.value) for e in at.sidebar.error] == [
-        "Could not load Run nan-run: nan-run: tensor 'energy.out.bias' contains NaN or infinity. Using the shipped model."]
+        "Could not load Run nan-run: nan-run: tensor 'energy.out.bias' contains NaN or infinity. Using the "
+        "shipped model."
+    ]
     assert any(c.startswith("64 samples") for c in image_captions(at))  # from the shipped model
     assert str(environment) not in rendered_text(at)
 
 
-@pytest.mark.parametrize("extra,problem", [
-    ({"dataset": "../../etc/passwd", "threshold": 0.5}, "unknown dataset '../../etc/passwd'; choose one of mnist, fashion-mnist"),
-    ({"dataset": "mnist", "threshold": 7}, "threshold must be in (0, 1), got 7"),
-])
-@pytest.mark.parametrize("page,query", [("pages/explorer.py", {}), ("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})],
-                         ids=["explorer", "sample-from-data"])
+@pytest.mark.parametrize(
+    "extra,problem",
+    [
+        (
+            {"dataset": "../../etc/passwd", "threshold": 0.5},
+            "unknown dataset '../../etc/passwd'; choose one of mnist, fashion-mnist",
+        ),
+        ({"dataset": "mnist", "threshold": 7}, "threshold must be in (0, 1), got 7"),
+    ],
+)
+@pytest.mark.parametrize(
+    "page,query",
+    [("pages/explorer.py", {}), ("pages/sample.py", {"start": "data", "chains": "4", "K": "20"})],
+    ids=["explorer", "sample-from-data"],
+)
 def test_a_run_with_bad_metadata_shows_a_message_not_an_exception(environment, tiny_mnist, extra, problem, page, query):
     save_run_with(environment / "runs", "bad-run", extra)
     at = open_page(page, {"model": "bad-run", **query})  # open_page fails on any exception
@@ -503,8 +541,11 @@ def test_train_refuses_to_start_on_a_read_only_runs_dir(read_only_dir, monkeypat
     fill_and_start(at)
     assert jobs.latest_job() is None  # refused before any work
     (error,) = at.error
-    assert re.fullmatch(r"Cannot start: the runs folder is not writable \(.+\), so the trained model could not be saved; "
-                        r"set the server's `EBM_RUNS_DIR` to a writable folder with free space\.", plain(error.value))
+    assert re.fullmatch(
+        r"Cannot start: the runs folder is not writable \(.+\), so the trained model could not be saved; "
+        r"set the server's `EBM_RUNS_DIR` to a writable folder with free space\.",
+        plain(error.value),
+    )
     assert str(read_only_dir) not in rendered_text(at)
 
 
@@ -516,8 +557,10 @@ def test_train_on_a_full_disk_fails_and_offers_the_model_for_download(environmen
     wait_until(lambda: job.snapshot().done)
     at.run()
     assert not at.exception and job.snapshot().state == "failed"
-    assert [plain(e.value) for e in at.error] == ["Could not save the run: the runs folder could not be written (No space "
-                                                  "left on device), so the trained model is kept in memory only."]
+    assert [plain(e.value) for e in at.error] == [
+        "Could not save the run: the runs folder could not be written (No space "
+        "left on device), so the trained model is kept in memory only."
+    ]
     assert [b.proto.label for b in at.get("download_button")] == ["Download the trained model"]
     assert runs.list_runs() == [] and not at.success and "Saved runs (0)" in rendered_text(at)
     assert str(environment) not in rendered_text(at)

@@ -4,7 +4,9 @@ endpoints from a gallery of digits, a big sample grid shown readably, and every 
 AppTest with the shipped weights, as in test_app.py (whose fixtures and helpers this reuses).
 """
 
+import ast
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from ebm.generate import SampleSettings, decode_binary
 from ebm.images import image_grid
 from ebm.render import sample_view
 
-from test_app import environment, image_captions, open_page, plain, plotly_spec, tiny_mnist  # noqa: F401 (fixtures)
+from test_app import APP, environment, image_captions, open_page, plain, plotly_spec, tiny_mnist  # noqa: F401 (fixtures)
 
 
 def gallery(at, key: str) -> list[int]:
@@ -38,7 +40,9 @@ def test_clicking_gallery_digits_sets_the_interpolation_endpoints(tiny_mnist):
     assert starts == ends and len(starts) == len(np.unique(labels))  # one digit of each class, in class order
     assert [labels[i] for i in starts] == sorted(labels[i] for i in starts)
     assert {0, 1} <= set(starts)  # the default endpoints are among them, and chosen
-    assert at.button(key="x_from_pick_0").proto.type == "primary" and at.button(key="x_to_pick_1").proto.type == "primary"
+    assert (
+        at.button(key="x_from_pick_0").proto.type == "primary" and at.button(key="x_to_pick_1").proto.type == "primary"
+    )
     before = plotly_spec(at, "interp_energy")["data"][0]["y"]
 
     a, b = [i for i in starts if i not in (0, 1)][:2]
@@ -47,7 +51,10 @@ def test_clicking_gallery_digits_sets_the_interpolation_endpoints(tiny_mnist):
     assert not at.exception, [e.value for e in at.exception]
     assert f"test #{a} (label {labels[a]}) → test #{b} (label {labels[b]})" in interpolation_caption(at)
     assert at.number_input(key="x_from").value == a and at.number_input(key="x_to").value == b
-    assert at.button(key=f"x_from_pick_{a}").proto.type == "primary" and at.button(key="x_from_pick_0").proto.type == "secondary"
+    assert (
+        at.button(key=f"x_from_pick_{a}").proto.type == "primary"
+        and at.button(key="x_from_pick_0").proto.type == "secondary"
+    )
     assert plotly_spec(at, "interp_energy")["data"][0]["y"] != before  # other endpoints, another energy profile
     assert at.query_params["from"] == str(a) and at.query_params["to"] == str(b)
 
@@ -107,13 +114,29 @@ def test_the_readable_subset_is_an_8_by_8_grid_of_the_first_chains():
 
 
 # ---- every page still runs -------------------------------------------------------------------------
-PAGES = ["pages/home.py", "pages/sample.py", "pages/explorer.py", "pages/train.py"]
+def routed_pages() -> list[str]:
+    """The page files app.py routes, read from its `st.Page(...)` calls: a new page is launched here unasked."""
+    tree = ast.parse(Path(APP).read_text())
+    return [call.args[0].value for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr == "Page"]
+
+
+PAGES = routed_pages()
+
+
+def test_the_routed_pages_are_read_from_app_py():
+    assert PAGES[0] == "pages/home.py" and {"pages/sample.py", "pages/explorer.py", "pages/train.py"} <= set(PAGES)
 
 
 @pytest.mark.parametrize("with_data", [False, True], ids=["no-data", "data"])
-@pytest.mark.parametrize("page", PAGES, ids=[p.split("/")[1][:-3] for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[Path(p).stem for p in PAGES])
 def test_every_page_runs(page, with_data, request):
+    """Every routed page runs, and calls widgets.ensure_router() (which marks the session) on its own."""
     if with_data:
         request.getfixturevalue("tiny_mnist")
-    at = open_page(page, {"K": "5", "chains": "4"} if page == "pages/sample.py" else None)
-    assert not at.exception and at.title
+    at = open_page(None, {"K": "5", "chains": "4"} if page == "pages/sample.py" else None)
+    at.session_state["_router_checked"] = False  # set by the default page: the page under test must set it again
+    at.switch_page(page)
+    at.run()
+    assert not at.exception and at.title, [e.value for e in at.exception]
+    assert at.session_state["_router_checked"], f"{page} does not call widgets.ensure_router()"

@@ -311,13 +311,16 @@ def test_url_values_show_as_text_not_markdown(page, server):
     for value in values.values():
         assert value in text, f"{value!r} is not shown as written in {text!r}"
     assert alerts.locator("a, img, strong, code, span[style*='color']").count() == 0, alerts.first.inner_html()
-    assert not [u for u in requests if urllib.parse.urlparse(u).hostname == "x.example"], "the page fetched a value's URL"
+    assert not [u for u in requests if urllib.parse.urlparse(u).hostname == "x.example"], (
+        "the page fetched a value's URL"
+    )
     assert "\\" not in text, "escapes must not show"
 
 
 # ---- Latent explorer ---------------------------------------------------------------------------
 
-TITLE_JS = "(d) => String((d.layout && d.layout.title && (d.layout.title.text || d.layout.title)) || '').replace(/<[^>]+>/g, '')"
+TITLE_JS = ("(d) => String((d.layout && d.layout.title && (d.layout.title.text || d.layout.title)) || '')"
+            ".replace(/<[^>]+>/g, '')")
 
 
 def _slice_figure(page) -> dict | None:
@@ -496,9 +499,13 @@ def test_train_start_watch_and_stop(page, server):
     m2 = wait_for_more_points(page, cd_title, m1)
     m3 = wait_for_more_points(page, cd_title, m2)
     wait_until(
-        page, f"(p) => Number([...document.querySelectorAll('{MAIN} [data-testid=stProgress]')]"
-        ".find(e => e.innerText.includes('Stage 2'))?.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > p",
-        arg=energy_1, timeout=180_000)
+        page,
+        f"(p) => Number([...document.querySelectorAll('{MAIN} [data-testid=stProgress]')]"
+        ".find(e => e.innerText.includes('Stage "
+        "2'))?.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > p",
+        arg=energy_1,
+        timeout=180_000,
+    )
     shot(page, "train_stage2")
     assert 0 < m1 < m2 < m3
     assert _progress(page, "Stage 1") == 100 and chart_points(page, ae_title) > 0

@@ -97,7 +97,9 @@ def test_a_big_grid_shows_a_readable_subset_then_all(page, server):
     grid = main(page).locator('[data-testid="stImage"]').filter(has_text="samples after step").locator("img")
     assert grid.evaluate("img => img.naturalWidth") == (8 * 30 + 2) * 2  # 8 digits a row
     main(page).get_by_text("Show all 1,024").click()
-    wait_until(page, "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')].some(i => i.naturalWidth > 1000)")
+    wait_until(
+        page, "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')].some(i => i.naturalWidth > 1000)"
+    )
     settle(page)
     shot(page, "sample_1024_all")
     assert main(page).get_by_text("first 64 shown").count() == 0

@@ -43,7 +43,7 @@ from ebm.limits import MAX_CHAIN_STEPS, RequestTooLarge, check_request_size
 from ebm.render import sample_view
 from ebm.training import TrainConfig
 
-from conftest import isolated_server_state
+from conftest import isolated_server_state, synthetic_data_loader
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts"
@@ -83,7 +83,9 @@ def model():
 @contextmanager
 def busy_process():
     """Another program keeping a core busy (bounded: it ends by itself within two minutes)."""
-    hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"])
+    hog = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 120\nwhile time.time() < end: pass"]
+    )
     try:
         yield
     finally:
@@ -99,7 +101,11 @@ REQUESTS = [SampleSettings(), SampleSettings(num_chains=65, num_steps=300)]
 def test_eight_threads_sampling_at_once_get_what_their_seed_gives(model):
     """8 sessions x 3 requests on one shared model, next to a busy process, twice: every request
     gives, bit for bit, what its settings give when run alone in another thread setup."""
-    jobs_ = [(s, r, replace(REQUESTS[(s + r) % 2], seed=100 * s + r)) for s in range(SESSIONS) for r in range(REQUESTS_PER_SESSION)]
+    jobs_ = [
+        (s, r, replace(REQUESTS[(s + r) % 2], seed=100 * s + r))
+        for s in range(SESSIONS)
+        for r in range(REQUESTS_PER_SESSION)
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # alone: the way the command line runs (chains split over the cores)
     try:
@@ -136,7 +142,9 @@ def test_eight_threads_sampling_at_once_get_what_their_seed_gives(model):
                 list(pool.map(session, range(SESSIONS)))
     assert not errors, errors
     assert not mismatches, f"other digits under load for {mismatches}"
-    assert len({v.final_codes.tobytes() for v in alone.values()}) == len(alone), "different seeds must give different digits"
+    assert len({v.final_codes.tobytes() for v in alone.values()}) == len(alone), (
+        "different seeds must give different digits"
+    )
 
 
 @pytest.mark.parametrize("chains,steps", [(1024, 5000), (2000, 10), (1, 20_001), (1000, 2001)])
@@ -165,14 +173,14 @@ LONG_TRAINING = TrainConfig(ae_hidden_dim=16, ae_epochs=1, ae_batch_size=64, ebm
 
 
 def test_a_second_training_is_refused_while_one_runs(isolated):
-    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    loader = synthetic_data_loader(train_size=256, test_size=64)
     first = jobs.start_training(LONG_TRAINING, data_loader=loader, owner="alice")
     try:
         with pytest.raises(jobs.JobAlreadyRunning) as info:
             jobs.start_training(LONG_TRAINING, data_loader=loader, owner="bob")
         message = str(info.value)
         assert first.id in message and "only one training runs at a time" in message
-        assert jobs.active_job() is first and jobs.latest_job() is first
+        assert first.active and jobs.latest_job() is first
     finally:
         first.stop(by="alice")
         assert first.join(60), "the training did not stop"
@@ -182,7 +190,7 @@ def test_a_second_training_is_refused_while_one_runs(isolated):
 
 
 def test_racing_training_requests_start_exactly_one(isolated):
-    loader = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    loader = synthetic_data_loader(train_size=256, test_size=64)
     barrier = threading.Barrier(SESSIONS)
 
     def attempt(i: int):
@@ -286,12 +294,15 @@ GRID_SRC_JS = """() => {
 
 QUEUED_OR_GRID_JS = """() => {
     const main = document.querySelector('MAIN');
-    const queued = main && [...main.querySelectorAll('[data-testid="stAlert"]')].find(e => e.innerText.includes('Queued,'));
+    const queued = main && [...main.querySelectorAll('[data-testid="stAlert"]')]
+        .find(e => e.innerText.includes('Queued,'));
     if (queued) return queued.innerText.trim();
-    const grid = main && [...main.querySelectorAll('[data-testid="stImage"]')].find(e => e.innerText.includes('samples after step'));
+    const grid = main && [...main.querySelectorAll('[data-testid="stImage"]')]
+        .find(e => e.innerText.includes('samples after step'));
     return grid ? 'grid' : null;
 }""".replace("MAIN", MAIN)
-"""The page's queue message once it shows, or "grid" once the digits show without a wait (checked at once, in the page)."""
+"""The page's queue message once it shows, or "grid" once the digits show without a wait (checked at once, in the
+page)."""
 
 
 @contextmanager
@@ -341,7 +352,9 @@ async def _browser_session(browser, url: str, index: int, latencies: list, error
             latencies.append(("change", time.perf_counter() - t0))
             src = await page.evaluate(GRID_SRC_JS)
             grids[(seed_base, index, r)] = src
-        n = await page.locator(f'{MAIN} [data-testid="stException"], [data-testid="stSidebar"] [data-testid="stException"]').count()
+        n = await page.locator(
+            f'{MAIN} [data-testid="stException"], [data-testid="stSidebar"] [data-testid="stException"]'
+        ).count()
         if n:
             errors.append(f"session {index}: {n} exception box(es)")
         if index == 0:
@@ -451,7 +464,11 @@ def test_a_waiting_request_shows_its_place_in_the_queue(tmp_path):
                         text = seen
                         ARTIFACTS.joinpath("screenshots").mkdir(parents=True, exist_ok=True)
                         await page.screenshot(path=str(ARTIFACTS / "screenshots" / "sample_queued.png"))
-                        await page.locator(f'{main} [data-testid="stImage"]').filter(has_text="samples after step").wait_for()
+                        await (
+                            page.locator(f'{main} [data-testid="stImage"]')
+                            .filter(has_text="samples after step")
+                            .wait_for()
+                        )
                         return text, await page.locator(f'{main} [data-testid="stException"]').count(), round_
                     for other in pages:  # served at once: the heavy requests were done too early; go again
                         await other.context.close()

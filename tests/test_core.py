@@ -194,7 +194,8 @@ def test_bad_sample_settings_are_refused(field, value, match):
 
 def test_cli_sample_writes_grid_gif_and_npy(tmp_path, capsys):
     out = tmp_path / "x.npy"
-    main(["sample", "--steps", "20", "--num-images", "12", "--record-every", "5", "--out", str(out), "--out-dir", str(tmp_path)])
+    main(["sample", "--steps", "20", "--num-images", "12", "--record-every", "5",
+          "--out", str(out), "--out-dir", str(tmp_path)])
     images = np.load(out)
     assert images.shape == (12, 28, 28) and images.dtype == np.float32
     assert images.min() >= 0 and images.max() <= 1
@@ -234,9 +235,10 @@ def test_original_train_flags_map_onto_the_config(monkeypatch):
 
     seen = {}
     monkeypatch.setattr(original_train, "run_train", lambda args: seen.update(vars(args)))
-    monkeypatch.setattr("sys.argv", ["train.py", "--auto_hidden_dim", "1024", "--encoded_dim", "4", "--auto_num_epochs", "30",
-                                     "--auto_batch_size", "64", "--auto_lr", "3e-4", "--ebm_hidden_dim", "8", "--ebm_num_epochs", "3",
-                                     "--ebm_batch_size", "1024", "--ebm_lr", "3e-4", "--mcmc_samples_per_datapoint", "8"])
+    monkeypatch.setattr("sys.argv", ["train.py", "--auto_hidden_dim", "1024", "--encoded_dim", "4",
+                                     "--auto_num_epochs", "30", "--auto_batch_size", "64", "--auto_lr", "3e-4",
+                                     "--ebm_hidden_dim", "8", "--ebm_num_epochs", "3", "--ebm_batch_size", "1024",
+                                     "--ebm_lr", "3e-4", "--mcmc_samples_per_datapoint", "8"])
     original_train.main()
     assert (seen["ae_hidden_dim"], seen["latent_dim"], seen["ae_epochs"], seen["ae_batch_size"]) == (1024, 4, 30, 64)
     assert (seen["ebm_hidden_dim"], seen["ebm_batch_size"], seen["negatives_per_datapoint"]) == (8, 1024, 8)
@@ -325,7 +327,8 @@ def test_cli_train_saves_to_a_temp_folder_when_the_runs_disk_is_full(tmp_path, q
     err = capsys.readouterr().err.strip().splitlines()
     (fallback,) = (tmp_path / "tmp").glob("mnist-ebm-*/model.safetensors")
     assert err[-1] == (f"warning: the runs folder {tmp_path / 'runs'} could not be written (No space left on device), "
-                       f"so the trained model was saved to {fallback} instead; pick another place with --runs-dir next time")
+                       f"so the trained model was saved to {fallback} instead; "
+                       "pick another place with --runs-dir next time")
     assert load_model(fallback)[1]["train_config"]["ae_hidden_dim"] == TINY_CONFIG["ae_hidden_dim"]
     assert list((tmp_path / "runs").iterdir()) == []  # no half-written run
 
@@ -338,7 +341,8 @@ def test_cli_train_exits_non_zero_only_when_nothing_could_be_written(tmp_path, q
     with pytest.raises(SystemExit) as exc:
         main(tiny_train_argv(tmp_path / "runs"))
     message = str(exc.value.code)
-    assert message.startswith(f"error: the runs folder {tmp_path / 'runs'} could not be written (No space left on device), "
+    runs_dir = tmp_path / "runs"
+    assert message.startswith(f"error: the runs folder {runs_dir} could not be written (No space left on device), "
                               "and the temp folder could not be written either (No space left on device)")
     assert "the trained model is lost" in message and message.endswith("pick another place with --runs-dir")
     assert list((tmp_path / "tmp").iterdir()) == [] and list((tmp_path / "runs").iterdir()) == []

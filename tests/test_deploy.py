@@ -116,15 +116,19 @@ def test_requirements_install_and_torch_pins_come_from_requirements_txt():
     text = "\n".join(args for _, args in _instructions())
     for name, version in re.findall(r"\b([A-Za-z][A-Za-z0-9_.\-]*)==([0-9][^\s'\"]*)", text):
         assert name.lower() in pins, f"the Dockerfile pins {name}, which requirements.txt does not list"
-        assert version.split("+")[0] == pins[name.lower()], f"{name}=={version} in the Dockerfile, {pins[name.lower()]} in requirements.txt"
+        assert version.split("+")[0] == pins[name.lower()], (
+            f"{name}=={version} in the Dockerfile, {pins[name.lower()]} in requirements.txt"
+        )
 
     # The CPU-index step takes exactly the torch/torchvision lines of requirements.txt.
     cpu = [r for r in runs if "download.pytorch.org/whl/cpu" in r]
     if cpu:
         m = re.search(r"grep -E '([^']+)' requirements\.txt", cpu[0])
         assert m, "the CPU-only torch install must take its versions from requirements.txt"
-        selected = [l for l in (REPO / "requirements.txt").read_text().splitlines() if re.search(m.group(1), l)]
-        names = {re.split(r"==", l)[0].strip().lower() for l in selected}
+        selected = [
+            line for line in (REPO / "requirements.txt").read_text().splitlines() if re.search(m.group(1), line)
+        ]
+        names = {re.split(r"==", line)[0].strip().lower() for line in selected}
         assert names == {"torch", "torchvision"} & set(pins), f"the CPU index step selects {selected}"
         assert "--index-url https://download.pytorch.org/whl/cpu" in cpu[0], (
             "use --index-url (not --extra-index-url) so that only torch comes from PyTorch's index")
@@ -181,7 +185,8 @@ def _ignored(rel: str, patterns) -> bool:
 
 def test_dockerignore_keeps_what_the_app_needs():
     patterns = _dockerignore_patterns()
-    needed = ["app.py", "widgets.py", "requirements.txt", "ebm/__init__.py", "weights/mnist_d4.safetensors"]
+    needed = ["app.py", "widgets.py", "figures.py", "requirements.txt", "ebm/__init__.py",
+              "weights/mnist_d4.safetensors"]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "pages").glob("*.py")]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "ebm").glob("*.py")]
     needed += [p.relative_to(REPO).as_posix() for p in (REPO / "weights").glob("*.safetensors")]
@@ -211,11 +216,15 @@ def _front_matter(text: str) -> dict[str, str]:
 def test_readme_front_matter_declares_a_docker_space():
     readme = REPO / "README.md"
     if not readme.is_file():
-        pytest.xfail("README.md is not written yet; it must start with the Spaces front matter (sdk: docker, app_port: 8501)")
+        pytest.xfail(
+            "README.md is not written yet; it must start with the Spaces front matter (sdk: docker, app_port: 8501)"
+        )
     meta = _front_matter(readme.read_text())
     assert meta, "README.md must start with a '---' front matter block for Hugging Face Spaces"
     assert meta.get("sdk") == "docker", meta
-    assert meta.get("app_port") == str(PORT), f"app_port must be {PORT} (the port in the Dockerfile), got {meta.get('app_port')}"
+    assert meta.get("app_port") == str(PORT), (
+        f"app_port must be {PORT} (the port in the Dockerfile), got {meta.get('app_port')}"
+    )
     assert meta.get("title"), "a Space needs a title"
 
 

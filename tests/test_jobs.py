@@ -18,7 +18,7 @@ from ebm.data import DatasetError
 from ebm.limits import ModelTooLarge, TrainingTooCostly
 from ebm.training import DivergenceError, TrainConfig, build_model, train
 
-from conftest import disk_full_under, full_disk
+from conftest import disk_full_under, full_disk, running_job, synthetic_data_loader
 
 TINY = dict(ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2, ebm_iterations=30,
             ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10)
@@ -33,7 +33,7 @@ def one_thread_and_no_leftover_job():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
-    job = jobs.active_job()
+    job = running_job()
     if job is not None:  # never leave a worker running into the next test
         job.stop(by=job.owner)
         job.join(60)
@@ -50,7 +50,7 @@ def wait_for(predicate, timeout=60.0):
 
 
 def test_training_runs_in_the_background_and_saves_a_run(tmp_path):
-    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader(), owner="me")
+    job = jobs.start_training(tiny(), tmp_path, data_loader=synthetic_data_loader(), owner="me")
     assert jobs.get_job(job.id) is job and jobs.latest_job() is job
     assert job.join(60)
     snap = job.snapshot()
@@ -69,14 +69,14 @@ def test_training_runs_in_the_background_and_saves_a_run(tmp_path):
     assert extra["stopped_early"] is False and extra["train_config"]["ebm_hidden_dim"] == 8
     assert model.autoencoder.config.hidden_dim == 16
     listed = runs.list_runs(tmp_path)
-    assert [r.path for r in listed] == [snap.run_path] and listed[0].has_history
-    history = runs.read_history(listed[0])
+    assert [r.path for r in listed] == [snap.run_path]
+    history = json.loads((snap.run_path.parent / runs.HISTORY_NAME).read_text())
     assert len(history["events"]) == len(snap.events) and history["stopped_early"] is False
 
 
 def loader_waiting_for(release: threading.Event):
     """A data loader that blocks until `release` is set (at most 30 s), to hold a job in 'loading data'."""
-    synthetic = jobs.synthetic_data_loader()
+    synthetic = synthetic_data_loader()
 
     def slow_loader(name, split, threshold):
         release.wait(30)
@@ -91,21 +91,21 @@ def test_a_second_training_is_refused_while_one_runs(tmp_path):
     job = jobs.start_training(tiny(), tmp_path, data_loader=slow_loader)
     try:
         assert job.snapshot().state in ("starting", "loading data")
-        assert jobs.active_job() is job
+        assert running_job() is job
         with pytest.raises(jobs.JobAlreadyRunning, match="already running"):
-            jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
+            jobs.start_training(tiny(), tmp_path, data_loader=synthetic_data_loader())
     finally:
         release.set()
     assert job.join(60) and job.snapshot().state == "finished"
-    second = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())  # free again
+    second = jobs.start_training(tiny(), tmp_path, data_loader=synthetic_data_loader())  # free again
     assert second.join(60) and len(runs.list_runs(tmp_path)) == 2
 
 
 def test_stop_saves_what_was_trained(tmp_path):
-    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=synthetic_data_loader())
     assert wait_for(lambda: job.snapshot().progress.get("energy", 0) > 0)
     job.stop(by=job.owner)
-    assert job.stop_requested
+    assert job.snapshot().state in ("stopping", "saving", "stopped")  # asked, and never undone
     assert job.join(60)
     snap = job.snapshot()
     assert snap.state == "stopped" and snap.error is None and snap.run_path is not None
@@ -120,7 +120,7 @@ def test_stop_saves_what_was_trained(tmp_path):
 
 
 def test_stop_during_the_autoencoder_still_gives_a_usable_model(tmp_path):
-    job = jobs.start_training(tiny(ae_epochs=500), tmp_path, data_loader=jobs.synthetic_data_loader(train_size=512))
+    job = jobs.start_training(tiny(ae_epochs=500), tmp_path, data_loader=synthetic_data_loader(train_size=512))
     assert wait_for(lambda: len(job.snapshot().events) > 0)
     job.stop(by=job.owner)
     assert job.join(60)
@@ -152,7 +152,7 @@ def test_dataset_errors_are_recorded(tmp_path):
     assert job.join(30)
     snap = job.snapshot()
     assert snap.state == "failed" and "Dataset problem" in snap.error and "MNIST is missing" in snap.error
-    assert snap.run_path is None and jobs.active_job() is None
+    assert snap.run_path is None and running_job() is None
 
 
 def test_divergence_is_recorded(tmp_path, monkeypatch):
@@ -161,7 +161,7 @@ def test_divergence_is_recorded(tmp_path, monkeypatch):
         raise DivergenceError("energy training diverged 6 times; last loss nan")
 
     monkeypatch.setattr(jobs, "train", diverging)
-    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
+    job = jobs.start_training(tiny(), tmp_path, data_loader=synthetic_data_loader())
     assert job.join(30)
     snap = job.snapshot()
     assert snap.state == "failed" and "diverged" in snap.error and "smaller learning rate" in snap.error
@@ -180,19 +180,19 @@ def test_unexpected_errors_are_recorded_not_raised(tmp_path):
 
 def test_invalid_requests_are_refused_before_starting(tmp_path):
     with pytest.raises(ValueError):
-        jobs.start_training(tiny(ae_lr=-1.0), tmp_path, data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(tiny(ae_lr=-1.0), tmp_path, data_loader=synthetic_data_loader())
     with pytest.raises(ValueError, match="shipped weights"):
-        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent, data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent, data_loader=synthetic_data_loader())
     with pytest.raises(ValueError, match="shipped weights"):
-        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent / "sub", data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(tiny(), SHIPPED_WEIGHTS.parent / "sub", data_loader=synthetic_data_loader())
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
-            jobs.start_training(tiny(device="cuda"), tmp_path, data_loader=jobs.synthetic_data_loader())
-    assert jobs.active_job() is None
+            jobs.start_training(tiny(device="cuda"), tmp_path, data_loader=synthetic_data_loader())
+    assert running_job() is None
 
 
 def test_remaining_time_is_estimated_while_running(tmp_path):
-    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+    job = jobs.start_training(tiny(ebm_iterations=100_000), tmp_path, data_loader=synthetic_data_loader())
     assert wait_for(lambda: job.snapshot().stage == "energy")
     assert job.snapshot().stage_remaining is None  # estimating: one event is no pace
     assert wait_for(lambda: job.snapshot().stage_remaining is not None)
@@ -223,9 +223,9 @@ def test_only_the_session_that_started_a_training_can_stop_it(tmp_path):
         for someone_else in ("mallory", None, ""):
             with pytest.raises(jobs.NotOwner, match="only the visitor who started this training can stop it"):
                 job.stop(by=someone_else)
-        assert not job.stop_requested and job.snapshot().state in ("starting", "loading data")
+        assert job.snapshot().state in ("starting", "loading data")
         job.stop(by="alice")
-        assert job.stop_requested and job.snapshot().state == "stopping"
+        assert job.snapshot().state == "stopping"
     finally:
         release.set()
     assert job.join(60) and job.snapshot().state == "stopped"
@@ -241,7 +241,7 @@ def test_a_stop_with_huge_settings_is_honoured_within_an_iteration(tmp_path, mon
 
     monkeypatch.setattr(training, "run_chains", counting_run_chains)
     job = jobs.start_training(tiny(ae_epochs=0, ebm_iterations=1000, mcmc_steps=500), tmp_path,
-                              data_loader=jobs.synthetic_data_loader(), owner="alice")
+                              data_loader=synthetic_data_loader(), owner="alice")
     assert wait_for(lambda: len(blocks) >= 3)
     job.stop(by="alice")
     assert job.join(60)
@@ -255,12 +255,12 @@ def test_trainings_above_the_apps_budgets_are_refused_before_starting(tmp_path):
     before = jobs.latest_job()
     form_maxima = tiny(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500)
     with pytest.raises(ModelTooLarge, match="8 hidden layers of 1024"):
-        jobs.start_training(form_maxima, tmp_path, data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(form_maxima, tmp_path, data_loader=synthetic_data_loader())
     served_net = tiny(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500)
     with pytest.raises(TrainingTooCostly, match="lower the Langevin steps per update to at most 58"):
-        jobs.start_training(served_net, tmp_path, data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(served_net, tmp_path, data_loader=synthetic_data_loader())
     with pytest.raises(TrainingTooCostly, match="lower the iterations to at most"):
-        jobs.start_training(TrainConfig(ebm_iterations=100_000), tmp_path, data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(TrainConfig(ebm_iterations=100_000), tmp_path, data_loader=synthetic_data_loader())
     assert jobs.latest_job() is before and runs.list_runs(tmp_path) == []
 
 
@@ -284,7 +284,7 @@ def test_elapsed_is_real_time_and_a_failed_job_says_when_it_failed(tmp_path):
 
 # ---- stopping inside the training loops ------------------------------------------------------------
 def synthetic_split(split: str, train_size: int = 256) -> torch.Tensor:
-    return jobs.synthetic_data_loader(train_size=train_size)("mnist", split, 0.5)[0]
+    return synthetic_data_loader(train_size=train_size)("mnist", split, 0.5)[0]
 
 
 class StopAfter:
@@ -302,10 +302,14 @@ def test_a_stop_check_that_never_fires_changes_nothing():
     """Asking should_stop inside the loops draws no random numbers: same seed, same tensors, same events."""
     cfg = tiny(ae_epochs=2, ebm_iterations=40, mcmc_steps=70)  # 70 steps: two blocks per iteration
     plain, checked = build_model(cfg), build_model(cfg)
-    plain_events = [(e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)]
+    plain_events = [
+        (e.stage, e.step, e.losses) for e in train(plain, synthetic_split("train"), synthetic_split("test"), cfg)
+    ]
     never = StopAfter(float("inf"))
-    checked_events = [(e.stage, e.step, e.losses)
-                      for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)]
+    checked_events = [
+        (e.stage, e.step, e.losses)
+        for e in train(checked, synthetic_split("train"), synthetic_split("test"), cfg, should_stop=never)
+    ]
     assert checked_events == plain_events
     assert never.count >= 2 * 4 + 40 * 2  # asked before every batch and after every block of Langevin steps
     for (name, a), b in zip(plain.state_dict().items(), checked.state_dict().values()):
@@ -371,17 +375,15 @@ def test_list_runs_reads_headers_and_skips_other_files(tmp_path):
     assert listed[-1].path == old  # newest first
     by_name = {r.name: r for r in listed}
     assert by_name["b"].dataset == "fashion-mnist" and by_name["b"].label == "b (stopped early)"
-    assert by_name["a"].size == old.stat().st_size and not by_name["a"].has_history
-    assert runs.find_run("b", tmp_path).path == new and runs.find_run("nope", tmp_path) is None
+    assert by_name["a"].size == old.stat().st_size and not (old.parent / runs.HISTORY_NAME).exists()
+    assert by_name["b"].path == new
     assert runs.read_extra(tmp_path / "c" / "model.safetensors") is None
-    assert runs.read_history(by_name["a"]) is None
 
 
 def test_history_round_trip(tmp_path):
     run_dir = runs.new_run_dir(tmp_path, "mnist")
     runs.write_history(run_dir, {"events": [{"step": 1}]})
     assert json.loads((run_dir / runs.HISTORY_NAME).read_text()) == {"events": [{"step": 1}]}
-    assert runs.read_history(run_dir) == {"events": [{"step": 1}]}
 
 
 # ---- faults: a read-only or full runs directory, a killed save ---------------------------------------
@@ -389,7 +391,7 @@ def test_training_is_refused_at_once_on_a_read_only_runs_dir(read_only_dir):
     before = jobs.latest_job()
     for root in (read_only_dir, read_only_dir / "runs"):  # the folder itself, or one to be made in it
         with pytest.raises(runs.RunsDirError, match="is not writable") as info:
-            jobs.start_training(tiny(), root, data_loader=jobs.synthetic_data_loader())
+            jobs.start_training(tiny(), root, data_loader=synthetic_data_loader())
         assert str(read_only_dir) not in info.value.reason  # the reason is for the browser
     assert jobs.latest_job() is before  # no job was started
 
@@ -398,7 +400,7 @@ def test_training_is_refused_at_once_when_the_disk_is_full(tmp_path, monkeypatch
     full_disk(monkeypatch)
     before = jobs.latest_job()
     with pytest.raises(runs.RunsDirError, match=r"has 1\.0 MB free on its disk and a run needs about \d+\.\d MB"):
-        jobs.start_training(tiny(), tmp_path / "runs", data_loader=jobs.synthetic_data_loader())
+        jobs.start_training(tiny(), tmp_path / "runs", data_loader=synthetic_data_loader())
     assert jobs.latest_job() is before and not (tmp_path / "runs").exists()
     (tmp_path / "file").write_text("")
     with pytest.raises(runs.RunsDirError, match=r"is not a folder \(file is a file\)"):
@@ -408,7 +410,7 @@ def test_training_is_refused_at_once_when_the_disk_is_full(tmp_path, monkeypatch
 @pytest.mark.parametrize("failing", ["model.safetensors", "history.json"])
 def test_a_failed_save_fails_the_job_keeps_the_model_and_lists_no_run(tmp_path, monkeypatch, failing):
     disk_full_under(monkeypatch, tmp_path, failing)
-    job = jobs.start_training(tiny(), tmp_path, data_loader=jobs.synthetic_data_loader())
+    job = jobs.start_training(tiny(), tmp_path, data_loader=synthetic_data_loader())
     assert job.join(60)
     snap = job.snapshot()
     assert snap.state == "failed" and snap.run_path is None
@@ -437,5 +439,5 @@ def test_stale_temp_files_of_killed_saves_are_cleaned_when_listing_or_saving(tmp
     assert not (tmp_path / "killed").exists()  # nothing of that run is left
     os.utime(fresh, (old, old))
     path = runs.save_run(model_to_bytes(model, {"dataset": "mnist"}), "mnist", {"events": []}, tmp_path)
-    assert not fresh.exists() and runs.read_history(path.parent) == {"events": []}
+    assert not fresh.exists() and json.loads((path.parent / runs.HISTORY_NAME).read_text()) == {"events": []}
     assert {r.path for r in runs.list_runs(tmp_path)} == {kept, path}

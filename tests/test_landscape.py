@@ -57,7 +57,17 @@ def test_slice_matches_pointwise_energies(shipped):
     code[1], code[3] = float(sl.x[c]), float(sl.y[r])
     expected = shipped.energy(code[None]).item()
     assert sl.energy[r, c] == pytest.approx(expected, abs=1e-5)
-    np.testing.assert_allclose(sl.code_at(sl.x[c], sl.y[r]), code.numpy(), atol=1e-6)
+    np.testing.assert_allclose(landscape.slice_code(sl.dims, sl.fixed, sl.x[c], sl.y[r]), code.numpy(), atol=1e-6)
+
+
+def test_a_decoded_point_is_its_decoding_and_its_energy(shipped):
+    code = [0.3, -0.2, 0.5, -1.0]
+    pixels, energy = landscape.decode_point(shipped, code)
+    z = torch.tensor([code])
+    assert pixels.shape == (784,) and np.array_equal(pixels, shipped.decode(z)[0].numpy())
+    assert energy == pytest.approx(shipped.energy(z).item(), abs=1e-6)
+    with pytest.raises(ValueError, match="latent dimension is 4"):
+        landscape.decode_point(shipped, [0.0, 1.0])
 
 
 def test_slice_density_is_normalized_on_the_plane(shipped):

@@ -55,7 +55,10 @@ def header_only(autoencoder: dict, energy: dict) -> bytes:
     return len(header).to_bytes(8, "little") + header
 
 
-WIDEST = ({"hidden_dim": 4096, "latent_dim": 4}, {"latent_dim": 4, "hidden_dim": 4096, "num_layers": 16, "tilt_sigma": 3.0})
+WIDEST = (
+    {"hidden_dim": 4096, "latent_dim": 4},
+    {"latent_dim": 4, "hidden_dim": 4096, "num_layers": 16, "tilt_sigma": 3.0},
+)
 
 
 def test_a_step_costs_what_the_layers_multiply():
@@ -87,7 +90,9 @@ def test_the_app_serves_models_up_to_its_budgets_and_names_the_one_exceeded():
 
 
 def test_an_oversized_architecture_is_refused_from_the_header_alone():
-    with pytest.raises(WeightsError, match=r"^up\.safetensors is too large for this app: its energy net \(16 hidden layers of 4096\)"):
+    with pytest.raises(
+        WeightsError, match=r"^up\.safetensors is too large for this app: its energy net \(16 hidden layers of 4096\)"
+    ):
         model_from_bytes(header_only(*WIDEST), name="up.safetensors", check_architecture=check_app_architecture)
 
 
@@ -163,7 +168,11 @@ def test_a_training_costs_its_epochs_and_iterations():
     default = TrainConfig()
     per_image = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 4)  # forward through the six layers, backward twice that
     epoch = 60_000 * per_image + 469 * UPDATE_OVERHEAD_MACS  # 469 batches of 128
-    iteration = 20 * (512 * REFERENCE_STEP_MACS + STEP_OVERHEAD_MACS) + 1024 * REFERENCE_STEP_MACS * 3 // 2 + UPDATE_OVERHEAD_MACS
+    iteration = (
+        20 * (512 * REFERENCE_STEP_MACS + STEP_OVERHEAD_MACS)
+        + 1024 * REFERENCE_STEP_MACS * 3 // 2
+        + UPDATE_OVERHEAD_MACS
+    )
     assert stage_macs(default) == {"autoencoder": 12 * epoch, "energy": 16_000 * iteration}
     assert energy_iteration_macs(default) == iteration and training_macs(default) == 12 * epoch + 16_000 * iteration
     assert MAX_TRAINING_MACS / 6 < training_macs(default) < MAX_TRAINING_MACS / 4  # the defaults: a fifth of the cap
@@ -171,20 +180,48 @@ def test_a_training_costs_its_epochs_and_iterations():
     assert stage_macs(TrainConfig(ae_epochs=0))["autoencoder"] == 0
 
 
-@pytest.mark.parametrize("settings,match", [
-    (dict(ae_hidden_dim=2048, ae_batch_size=4096), r"^one autoencoder batch of 4,096 images 2,048 wide costs 143 billion "
-     r"multiply-adds, above the cap of 100 billion per batch \(a few seconds\): lower stage 1's batch size to at most 2,868"),
-    (dict(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500), r"^one energy-net iteration of 4,096 × 500 "
-     r"Langevin steps costs 817 billion .* lower the Langevin steps per update to at most 58, or stage 2's batch size$"),
-    (dict(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500), r"lower stage 2's batch size$"),
-    (dict(ae_epochs=200), r"^the whole training costs 62 trillion multiply-adds, above the app's cap of 60 trillion "
-     r"\(about 30 minutes\): lower the epochs to at most 193 \(`python -m ebm train` has no cap\)$"),
-    (dict(ebm_iterations=100_000), r"lower the iterations to at most 98,786 "),
-    (dict(ae_epochs=0, ebm_iterations=100_000, ebm_hidden_dim=8, ebm_batch_size=8, mcmc_steps=500),  # tiny steps, many
-     r"lower the iterations to at most"),
-    (dict(ae_hidden_dim=2048, ae_epochs=200, ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=1024, mcmc_steps=100,
-          ebm_iterations=100_000), r"lower the iterations and the epochs"),
-])
+@pytest.mark.parametrize(
+    "settings,match",
+    [
+        (
+            dict(ae_hidden_dim=2048, ae_batch_size=4096),
+            r"^one autoencoder batch of 4,096 images 2,048 wide costs 143 billion "
+            r"multiply-adds, above the cap of 100 billion per batch \(a few seconds\): lower stage 1's batch "
+            r"size to at most 2,868",
+        ),
+        (
+            dict(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=500),
+            r"^one energy-net iteration of 4,096 × 500 "
+            r"Langevin steps costs 817 billion .* lower the Langevin steps per update to at most 58, or stage "
+            r"2's batch size$",
+        ),
+        (dict(ebm_hidden_dim=1024, ebm_layers=8, ebm_batch_size=4096, mcmc_steps=500), r"lower stage 2's batch size$"),
+        (
+            dict(ae_epochs=200),
+            r"^the whole training costs 62 trillion multiply-adds, above the app's cap of 60 trillion "
+            r"\(about 30 minutes\): lower the epochs to at most 193 \(`python -m ebm train` has no cap\)$",
+        ),
+        (dict(ebm_iterations=100_000), r"lower the iterations to at most 98,786 "),
+        (
+            dict(
+                ae_epochs=0, ebm_iterations=100_000, ebm_hidden_dim=8, ebm_batch_size=8, mcmc_steps=500
+            ),  # tiny steps, many
+            r"lower the iterations to at most",
+        ),
+        (
+            dict(
+                ae_hidden_dim=2048,
+                ae_epochs=200,
+                ebm_hidden_dim=256,
+                ebm_layers=4,
+                ebm_batch_size=1024,
+                mcmc_steps=100,
+                ebm_iterations=100_000,
+            ),
+            r"lower the iterations and the epochs",
+        ),
+    ],
+)
 def test_a_training_above_the_caps_is_refused_naming_the_setting_to_lower(settings, match):
     with pytest.raises(TrainingTooCostly, match=match):
         check_training_cost(TrainConfig(**settings))
@@ -192,8 +229,13 @@ def test_a_training_above_the_caps_is_refused_naming_the_setting_to_lower(settin
 
 def test_what_a_refusal_suggests_fits():
     check_training_cost(TrainConfig(ae_hidden_dim=2048, ae_batch_size=2868))
-    check_training_cost(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=58, ebm_iterations=500))
-    assert energy_iteration_macs(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59)) > MAX_ITERATION_MACS
+    check_training_cost(
+        TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=58, ebm_iterations=500)
+    )
+    assert (
+        energy_iteration_macs(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59))
+        > MAX_ITERATION_MACS
+    )
     check_training_cost(TrainConfig(ae_epochs=193))
     check_training_cost(TrainConfig(ebm_iterations=98_786))
 
@@ -209,10 +251,14 @@ def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
 
     monkeypatch.setattr(calibration, "train", counting_train)
     calibration._paces.cache_clear()
-    small = TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8, ebm_layers=2, ebm_batch_size=1024, mcmc_steps=50, ebm_iterations=300)
+    small = TrainConfig(
+        ae_hidden_dim=16, ebm_hidden_dim=8, ebm_layers=2, ebm_batch_size=1024, mcmc_steps=50, ebm_iterations=300
+    )
     try:
         seconds = calibration.estimate_seconds(small)
-        assert timed == [(16, 128, 256, 20, 3 * 128)] * 2  # 3 batches of 128; 256 chains of 20 steps; warm-up, then timed
+        assert (
+            timed == [(16, 128, 256, 20, 3 * 128)] * 2
+        )  # 3 batches of 128; 256 chains of 20 steps; warm-up, then timed
         longer = calibration.estimate_seconds(dataclasses.replace(small, ebm_iterations=600))
         calibration.estimate_seconds(dataclasses.replace(small, ae_epochs=1))
         assert len(timed) == 2  # same shapes, other lengths: no second timing

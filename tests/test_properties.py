@@ -102,7 +102,15 @@ bad_seeds = st.one_of(st.integers(max_value=-1), st.integers(min_value=MAX_SEED 
 
 
 def _settings(**overrides) -> SampleSettings:
-    base = {"sampler": "mala", "step_size": 0.5, "num_steps": 3, "num_chains": 2, "record_every": 1, "start": "noise", "seed": 0}
+    base = {
+        "sampler": "mala",
+        "step_size": 0.5,
+        "num_steps": 3,
+        "num_chains": 2,
+        "record_every": 1,
+        "start": "noise",
+        "seed": 0,
+    }
     base.update(overrides)
     return SampleSettings(**base)
 
@@ -196,7 +204,8 @@ def test_run_chains_refuses_infinite_k_clearly(model, k):
 def test_autoencoder_and_energy_must_agree_on_the_latent_dimension(ae_dim, energy_dim):
     ae = Autoencoder(AutoencoderConfig(hidden_dim=8, latent_dim=ae_dim))
     net = EnergyNet(EnergyConfig(latent_dim=energy_dim, hidden_dim=4, num_layers=1))
-    build = lambda: LatentEBM(ae, net, torch.zeros(ae_dim), torch.ones(ae_dim))
+    def build():
+        return LatentEBM(ae, net, torch.zeros(ae_dim), torch.ones(ae_dim))
     if ae_dim == energy_dim:
         assert build().latent_dim == ae_dim
     else:
@@ -297,7 +306,7 @@ def _run_cli(argv: list[str]) -> tuple[int | str | None, str, str]:
 
 
 def _bad_sample_flag():
-    text = lambda values: st.sampled_from(values)
+    text = st.sampled_from
     return st.one_of(
         st.tuples(st.just("--step-size"), st.one_of(bad_step_sizes.map(repr), text(["abc", "1e400", "-1e400", ""]))),
         st.tuples(st.just("--steps"), st.one_of(bad_counts.map(str), text(["inf", "nan", "abc", "1e3", ""]))),
@@ -320,7 +329,9 @@ def test_cli_sample_refuses_bad_arguments_with_a_message(flag_value):
         assert code not in (0, None), f"{flag}={value!r} was accepted"
         message = err + (code if isinstance(code, str) else "")
         assert "error" in message and "Traceback" not in message, message
-        assert flag.lstrip("-").split("-")[0] in message.replace("_", "-") or "seed" in message or "chains" in message, message
+        assert (
+            flag.lstrip("-").split("-")[0] in message.replace("_", "-") or "seed" in message or "chains" in message
+        ), message
         assert not any(Path(tmp).iterdir()), "nothing may be written for a refused request"
 
 
@@ -413,13 +424,20 @@ def _expect_weights_error(data: bytes, *fragments: str) -> str:
 
 
 @FAST
-@given(data=st.one_of(
-    st.binary(max_size=4096),
-    st.builds(lambda n, body: n.to_bytes(8, "little") + body, st.integers(0, 2**64 - 1), st.binary(max_size=512)),
-    st.builds(lambda body: len(body).to_bytes(8, "little") + body,
-              st.one_of(st.binary(max_size=256), st.text(max_size=64).map(str.encode),
-                        st.dictionaries(st.text(max_size=8), st.text(max_size=8)).map(lambda d: json.dumps(d).encode()))),
-))
+@given(
+    data=st.one_of(
+        st.binary(max_size=4096),
+        st.builds(lambda n, body: n.to_bytes(8, "little") + body, st.integers(0, 2**64 - 1), st.binary(max_size=512)),
+        st.builds(
+            lambda body: len(body).to_bytes(8, "little") + body,
+            st.one_of(
+                st.binary(max_size=256),
+                st.text(max_size=64).map(str.encode),
+                st.dictionaries(st.text(max_size=8), st.text(max_size=8)).map(lambda d: json.dumps(d).encode()),
+            ),
+        ),
+    )
+)
 def test_random_bytes_raise_weights_error(data):
     _expect_weights_error(data)
 
@@ -487,8 +505,11 @@ def test_metadata_of_another_model_raises_weights_error(weights_bytes, data):
     """Latent dimension, widths or depth in the metadata that the tensors do not have."""
     tensors, meta = _tensors_and_metadata(weights_bytes)
     ae, en = json.loads(meta["autoencoder"]), json.loads(meta["energy"])
-    which = data.draw(st.sampled_from(["ae.latent_dim", "ae.hidden_dim", "en.latent_dim", "en.hidden_dim", "en.num_layers",
-                                       "both.latent_dim"]))
+    which = data.draw(
+        st.sampled_from(
+            ["ae.latent_dim", "ae.hidden_dim", "en.latent_dim", "en.hidden_dim", "en.num_layers", "both.latent_dim"]
+        )
+    )
     part, field = which.split(".")
     new = data.draw(st.integers(1, 12).filter(lambda v: v != (ae if part == "ae" else en)[field]))
     if part in ("ae", "both"):

@@ -16,7 +16,7 @@ from ebm.data import DatasetError
 from ebm.limits import stage_macs
 from ebm.training import TrainConfig
 
-from conftest import isolated_server_state
+from conftest import isolated_server_state, synthetic_data_loader
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TINY_FORM = {"t_ae_epochs": 1, "t_ae_hidden_dim": 16, "t_ebm_hidden_dim": 8, "t_ebm_layers": 2, "t_ebm_iterations": 30,
@@ -29,7 +29,7 @@ STAGE_2_FORM_MAXIMA = {"t_ebm_hidden_dim": 1024, "t_ebm_layers": 8, "t_ebm_batch
 def environment(tmp_path, monkeypatch):
     """A fresh server's registry, runs under tmp, random images for training, none left running afterwards."""
     monkeypatch.setattr(jobs, "_jobs", [])
-    monkeypatch.setattr(jobs, "default_data_loader", jobs.synthetic_data_loader(train_size=256, test_size=64))
+    monkeypatch.setattr(jobs, "default_data_loader", synthetic_data_loader(train_size=256, test_size=64))
     with isolated_server_state(tmp_path, monkeypatch):
         torch.set_num_threads(1)
         yield tmp_path
@@ -92,12 +92,14 @@ def test_only_the_visitor_who_started_a_training_can_stop_it():
     assert [b.key for b in owner.button if b.key == "stop_training"] == ["stop_training"]
     visitor = open_train_page()
     assert "stop_training" not in [b.key for b in visitor.button]  # read-only: no Stop
-    assert "Started by another visitor: you can watch it here, and only they can stop it." in [c.value for c in visitor.caption]
+    assert "Started by another visitor: you can watch it here, and only they can stop it." in [
+        c.value for c in visitor.caption
+    ]
     assert {"chart_ae", "chart_cd", "chart_energy", "chart_acc"} <= {c.key for c in visitor.get("plotly_chart")}
     assert len(visitor.get("progress")) == 2 and start_button(visitor).disabled
     with pytest.raises(jobs.NotOwner):
         job.stop(by=visitor.session_state["session_owner"])
-    assert job.active and not job.stop_requested
+    assert job.snapshot().state == "training"  # not stopped by the visitor
     owner.button(key="stop_training").click().run()
     assert job.join(60) and job.snapshot().state == "stopped"
 
@@ -106,13 +108,18 @@ def test_the_forms_maxima_are_refused_with_the_reason_before_anything_starts():
     at = open_train_page()
     fill(at, **STAGE_2_FORM_MAXIMA)
     [error] = [plain(e.value) for e in at.error]
-    assert error.startswith("Cannot start: its energy net (8 hidden layers of 1024) costs 14,690,304 multiply-adds per step")
+    assert error.startswith(
+        "Cannot start: its energy net (8 hidden layers of 1024) costs 14,690,304 multiply-adds per step"
+    )
     assert start_button(at).disabled and not any(c.value.startswith("About") for c in at.caption)
     fill(at, t_ebm_hidden_dim=256, t_ebm_layers=4)  # a net the app serves, at 4,096 × 500 steps an iteration
     assert [plain(e.value) for e in at.error] == [
-        "Cannot start: one energy-net iteration of 4,096 × 500 Langevin steps costs 817 billion multiply-adds, above the "
-        "cap of 100 billion per iteration (a few seconds): lower the Langevin steps per update to at most 58, or stage 2's "
-        "batch size"]
+        "Cannot start: one energy-net iteration of 4,096 × 500 Langevin steps costs 817 billion "
+        "multiply-adds, above the "
+        "cap of 100 billion per iteration (a few seconds): lower the Langevin steps per update to at most 58, "
+        "or stage 2's "
+        "batch size"
+    ]
     fill(at, t_ebm_batch_size=512, t_mcmc_steps=20, **STAGE_1_FORM_MAXIMA)
     [error] = [plain(e.value) for e in at.error]
     assert error.startswith("Cannot start: one autoencoder batch of 4,096 images 2,048 wide costs 143 billion")
@@ -135,8 +142,10 @@ def test_settings_too_short_to_give_digits_are_warned_about_before_start():
     assert not at.warning
     fill(at, t_ae_epochs=0, t_ebm_iterations=30)
     assert [w.value for w in at.warning] == [
-        "These settings are too short to give digits: 0 autoencoder epochs leave the decoder untrained, so every sample "
-        "decodes to noise; 30 energy-net iterations are fewer than the 200 it takes the samples to find the digits."]
+        "These settings are too short to give digits: 0 autoencoder epochs leave the decoder untrained, so "
+        "every sample "
+        "decodes to noise; 30 energy-net iterations are fewer than the 200 it takes the samples to find the digits."
+    ]
     fill(at, t_ae_epochs=1, t_ebm_iterations=200)
     assert not at.warning
 
@@ -152,7 +161,7 @@ def test_a_training_without_autoencoder_epochs_shows_stage_1_skipped():
 
 def test_the_remaining_time_says_estimating_until_the_pace_is_known(monkeypatch):
     release = threading.Event()
-    synthetic = jobs.synthetic_data_loader(train_size=256, test_size=64)
+    synthetic = synthetic_data_loader(train_size=256, test_size=64)
 
     def slow(name, split, threshold):
         release.wait(30)
