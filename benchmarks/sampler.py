@@ -27,7 +27,8 @@ import torch
 from benchmarks.machine import cpu_model
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
 from ebm.models import EnergyNet
-from ebm.sampling import run_chains, ula
+from ebm.samplers import run_chains
+from ebm.samplers.ula import ula
 from ebm.threads import set_chain_threads, usable_cores
 
 STEP_SIZE = 0.1

@@ -36,7 +36,7 @@ from .classifier import DEFAULT_CLASSIFIER, MnistClassifier, load_classifier
 from .data import DatasetError, load_binarized
 from .diagnostics import effective_sample_size, marginal_w1, marginal_w1_noise, split_rhat
 from .generate import SampleSettings, decode_binary, sample_chains
-from .sampling import ChainResult
+from .samplers import ChainResult, contrasting_sampler
 from .scheduler import Cancelled
 
 Energy = Callable[[torch.Tensor], torch.Tensor]  # (N, d) codes -> (N,) energies
@@ -371,7 +371,7 @@ def evaluate(
     results["data"] = {"test_nll_nats": None, **image_metrics(classifier, train_x[subset], reference)}
     lap("reference_metrics")
 
-    other = {"mala": "ula", "ula": "mala"}[settings.sampler.lower()]
+    other = contrasting_sampler(settings.sampler)
     other_chains = sample_chains(model, SampleSettings(**{**settings.as_dict(), "sampler": other}), train_codes)
     results["diagnostics"] = {settings.sampler.lower(): sampler_diagnostics(chains, fine),
                               other: sampler_diagnostics(other_chains, fine)}

@@ -8,7 +8,7 @@ that the compiler vectorises it. The maths is `EnergyNet.energy_and_grad`'s, in 
 tests check that the two agree and that the kernel's chains equal the generic ones.
 
 `FastEnergy` is the entry point: a snapshot of an `EnergyNet`'s weights that is called
-like `energy_and_grad` and that `ebm.sampling` recognises by its `langevin` method. Chains
+like `energy_and_grad` and that `ebm.samplers` recognises by its `langevin` method. Chains
 are independent, so it splits them over as many cores as PyTorch uses (`OMP_NUM_THREADS`,
 `torch.set_num_threads`): the kernels release the GIL, and each core gets its own chains
 and its own pre-drawn noise, so the result does not depend on the number of threads.

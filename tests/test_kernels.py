@@ -10,7 +10,9 @@ import torch
 
 from ebm.kernels import MIN_CHAIN_STEPS_PER_THREAD, TILE, FastEnergy, chain_slices
 from ebm.models import EnergyConfig, EnergyNet
-from ebm.sampling import mala, run_chains, ula
+from ebm.samplers import run_chains
+from ebm.samplers.mala import mala
+from ebm.samplers.ula import ula
 from ebm.threads import set_chain_threads
 
 

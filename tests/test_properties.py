@@ -60,14 +60,9 @@ from ebm.models import (
     EnergyNet,
     LatentEBM,
 )
-from ebm.sampling import (
-    MAX_CHAINS,
-    build_sampler,
-    check_step_size,
-    mala,
-    run_chains,
-    ula,
-)
+from ebm.samplers import MAX_CHAINS, build_sampler, check_step_size, run_chains
+from ebm.samplers.mala import mala
+from ebm.samplers.ula import ula
 from ebm.training import TrainConfig
 
 # Modest example counts and a deadline that tolerates a loaded 2-core machine: the file runs in

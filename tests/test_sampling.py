@@ -1,21 +1,16 @@
 """The samplers must draw from the density they are given: checked on densities we know exactly."""
 
+import functools
 import math
 
 import pytest
 import torch
 
 from ebm.models import EnergyConfig, EnergyNet
-from ebm.sampling import (
-    BLOCK_STEPS,
-    MAX_CHAINS,
-    ReplayBuffer,
-    adapt_mala_step_size,
-    build_sampler,
-    mala,
-    run_chains,
-    ula,
-)
+from ebm.samplers import (BLOCK_STEPS, MAX_CHAINS, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler,
+                          contrasting_sampler, run_chains)
+from ebm.samplers.mala import mala
+from ebm.samplers.ula import ula
 
 
 def gaussian_energy(z):
@@ -40,9 +35,10 @@ def mixture_energy(z):
     return energy, grad
 
 
-def draw(kernel_name, energy_fn, eps, chains, steps, dim, seed=0, start_scale=1.0):
+def draw(kernel_name, energy_fn, eps, chains, steps, dim, seed=0, start_scale=1.0, **params):
     gen = torch.Generator().manual_seed(seed)
-    kernel = build_sampler(kernel_name, energy_fn, eps, gen)
+    make = functools.partial(build_sampler, kernel_name) if isinstance(kernel_name, str) else kernel_name
+    kernel = make(energy_fn, eps, gen, **params)
     start = start_scale * torch.randn(chains, dim, generator=gen)
     return run_chains(kernel, kernel.init(start), steps)
 
@@ -125,6 +121,25 @@ def test_biased_sampler_fails_the_mixture_check():
     assert sliced_wasserstein(z, mixture_samples(4000, seed=5)) > 0.07
 
 
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_block_of_one_step_is_one_step(name):
+    start = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    a, b = (build_sampler(name, gaussian_energy, 0.9, torch.Generator().manual_seed(1))
+            for _ in range(2))
+    state_a, traces = a.steps(a.init(start), 1)
+    state_b, info = b.step(b.init(start))
+    for x, y in zip(state_a, state_b):
+        assert torch.equal(x, y)
+    assert torch.equal(traces.acceptance[0], info.acceptance_prob)
+
+
+def test_every_sampler_has_a_contrasting_one():
+    assert contrasting_sampler("mala") == "ula" and contrasting_sampler("ula") == "mala"
+    for name in SAMPLERS:
+        other = contrasting_sampler(name)
+        assert other in SAMPLERS and other != name
+
+
 def test_same_seed_same_chains_other_seed_other_chains():
     a = draw("mala", gaussian_energy, 0.5, chains=16, steps=20, dim=4, seed=3).state.position
     b = draw("mala", gaussian_energy, 0.5, chains=16, steps=20, dim=4, seed=3).state.position
@@ -158,8 +173,13 @@ def test_callback_runs_after_each_block_and_stops_early_keeping_the_steps_done()
 
 
 def test_step_size_adaptation_reaches_target_acceptance():
+    """`adapted_step_size`, the rule training tunes ε with, applied after every MALA step with a decaying rate."""
     gen = torch.Generator().manual_seed(0)
-    state, eps = adapt_mala_step_size(gaussian_energy, torch.randn(1000, 4, generator=gen), 0.05, num_steps=300, generator=gen)
+    eps = 0.05
+    state = mala(gaussian_energy, eps, gen).init(torch.randn(1000, 4, generator=gen))
+    for t in range(300):
+        state, info = mala(gaussian_energy, eps, gen).step(state)
+        eps = adapted_step_size(eps, info.acceptance_prob.mean().item(), 0.574, rate=1.0 / math.sqrt(t + 1))
     result = run_chains(mala(gaussian_energy, eps, gen), state, 100)
     assert abs(result.acceptance.mean().item() - 0.574) < 0.05
     assert eps > 0.5  # it grew from the far-too-small start
