@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..validation import Spec
-from . import mala, ula
+from . import hmc, mala, ula
 from .base import (
     BLOCK_STEPS,
     DEFAULT_TARGET_ACCEPTANCE,
@@ -42,7 +42,7 @@ __all__ = [
     "sampler_info", "sampler_params",
 ]
 
-SAMPLERS: dict[str, SamplerInfo] = {"ula": ula.INFO, "mala": mala.INFO}
+SAMPLERS: dict[str, SamplerInfo] = {"ula": ula.INFO, "mala": mala.INFO, "hmc": hmc.INFO}
 
 
 def sampler_info(name: str) -> SamplerInfo:
