@@ -64,7 +64,10 @@ def sampler_params(name: str, given: Mapping[str, Any] | Iterable[tuple[str, Any
     A parameter that only other samplers declare is dropped (switching the sampler keeps the
     rest of a setting valid); one that no sampler declares is a ValueError.
     """
-    given = dict(given)
+    try:
+        given = dict(given)
+    except (TypeError, ValueError):
+        raise ValueError(f"sampler parameters must be (name, value) pairs or a mapping, got {given!r}") from None
     known = {p for other in SAMPLERS for p in param_specs(other)}
     unknown = sorted(set(given) - known)
     if unknown:
