@@ -6,7 +6,7 @@ OMP_NUM_THREADS says otherwise):
 - naive: per step, wrap the state in a fresh leaf tensor, forward through the module,
   `backward()`, copy the gradient (what the original train.py/infer.py did). It is timed with
   PyTorch at 1 thread and at `--threads` threads, and the faster is kept;
-- ours: `ebm.sampling.ula` + `run_chains` on `net.sampling_energy()`, the compiled kernel
+- ours: `ebm.samplers.ula` + `run_chains` on `net.sampling_energy()`, the compiled kernel
   (`ebm.kernels`) that runs each block of steps in one call, chains split over the threads.
 
 The FLOP bound is `--threads` times one core's rate in a matmul probe at the net's own shape
@@ -27,7 +27,8 @@ import torch
 from benchmarks.machine import cpu_model
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
 from ebm.models import EnergyNet
-from ebm.sampling import run_chains, ula
+from ebm.samplers import run_chains
+from ebm.samplers.ula import ula
 from ebm.threads import set_chain_threads, usable_cores
 
 STEP_SIZE = 0.1

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .sampling import DEFAULT_TARGET_ACCEPTANCE, EnergyAndGrad, MAX_CHAINS, adapted_step_size, mala
+from .samplers import DEFAULT_TARGET_ACCEPTANCE, MAX_CHAINS, EnergyAndGrad, adapted_step_size
+from .samplers.mala import mala
 from .importance import log_mean_exp
 from .validation import check_float, check_int
 

@@ -25,6 +25,7 @@ from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
+from .samplers import SAMPLERS, param_specs
 from .threads import limit_native_threads
 from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
 
@@ -58,7 +59,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "dataset":
             p.add_argument(flag, default=default, choices=DATASETS)
         elif f.name == "sampler":
-            p.add_argument(flag, default=default, choices=("ula", "mala"))
+            p.add_argument(flag, default=default, choices=tuple(SAMPLERS))
         elif f.name == "device":
             p.add_argument(flag, default=default, choices=("cpu", "cuda"))
         elif f.name == "ebm_train_images":
@@ -159,8 +160,14 @@ def run_train(args: argparse.Namespace) -> Path:
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     d = SampleSettings()
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    p.add_argument("--sampler", choices=("ula", "mala"), default=d.sampler)
-    p.add_argument("--step-size", type=positive_float, default=d.step_size, help="Langevin ε (noise scale)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default=d.sampler)
+    for name, (default, spec) in sampler_param_flags().items():  # e.g. --leapfrog-steps, HMC's L
+        owners = ", ".join(s for s in SAMPLERS if name in param_specs(s))
+        p.add_argument("--" + name.replace("_", "-"), type=int if spec.kind == "int" else float, default=None,
+                       help=f"{spec.help} ({owners} only; default {default})")
+    p.add_argument("--step-size", type=positive_float, default=None,
+                   help="ε, the sampler's step size (default: the sampler's own, "
+                        + ", ".join(f"{name} {info.step_size:g}" for name, info in SAMPLERS.items()) + ")")
     p.add_argument("--steps", type=positive_int, default=d.num_steps, help="K, Langevin steps per chain")
     p.add_argument("--num-images", "--chains", dest="num_chains", type=positive_int, default=d.num_chains)
     p.add_argument("--record-every", type=positive_int, default=d.record_every)
@@ -173,9 +180,20 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gif-chains", type=positive_int, default=64, help="how many chains the GIF shows")
 
 
+def sampler_param_flags() -> dict:
+    """Every registered sampler's own parameters, name -> (default, Spec): one flag each."""
+    return {name: spec for sampler in SAMPLERS for name, spec in param_specs(sampler).items()}
+
+
 def run_sample(args: argparse.Namespace) -> dict:
+    given = {name: getattr(args, name) for name in sampler_param_flags() if getattr(args, name) is not None}
+    foreign = [name for name in given if name not in param_specs(args.sampler)]
+    if foreign:
+        raise SystemExit(f"error: --{foreign[0].replace('_', '-')} is not a parameter of --sampler {args.sampler}")
     try:
-        settings = SampleSettings(args.sampler, args.step_size, args.steps, args.num_chains, args.record_every, args.start, args.seed)
+        step_size = SAMPLERS[args.sampler].step_size if args.step_size is None else args.step_size
+        settings = SampleSettings(args.sampler, step_size, args.steps, args.num_chains, args.record_every, args.start,
+                                  args.seed, given)
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")

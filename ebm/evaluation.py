@@ -33,7 +33,7 @@ from .ais import annealed_log_z
 from .importance import IS_SAMPLES, importance_log_z
 from .metrics import Reference, image_metrics
 from .quadrature import GRID_RESOLUTION, GridQuadrature, code_box, grid_quadrature
-from .sampling import ChainResult
+from .samplers import ChainResult, contrasting_sampler
 
 DEFAULT_OUT_DIR = Path("runs/eval")
 BASELINES = {"gaussian": 1, "gmm10": 10, "gmm50": 50}  # name -> number of full-covariance components
@@ -141,7 +141,7 @@ def evaluate(
     results["data"] = {"test_nll_nats": None, **image_metrics(classifier, train_x[subset], reference)}
     lap("reference_metrics")
 
-    other = {"mala": "ula", "ula": "mala"}[settings.sampler.lower()]
+    other = contrasting_sampler(settings.sampler)
     other_chains = sample_chains(model, SampleSettings(**{**settings.as_dict(), "sampler": other}), train_codes)
     results["diagnostics"] = {settings.sampler.lower(): sampler_diagnostics(chains, fine),
                               other: sampler_diagnostics(other_chains, fine)}

@@ -15,7 +15,7 @@ import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .sampling import MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, run_chains
+from .samplers import MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, run_chains, sampler_params
 from .validation import setting, validate_fields
 
 STARTS = ("noise", "data")
@@ -33,9 +33,14 @@ class SampleSettings:
     record_every: int = setting(10, low=1, high=MAX_STEPS)
     start: str = setting("noise", choices=STARTS, label="start")
     seed: int = setting(0, low=0, high=MAX_SEED, label="seed")
+    # The sampler's own parameters (`ebm.samplers.param_specs`, e.g. HMC's leapfrog_steps), given as a
+    # mapping or pairs and kept as (name, value) pairs with the defaults filled in: one sampler's are
+    # dropped when another is chosen. New samplers' parameters need no new field here.
+    sampler_params: tuple = ()
 
     def __post_init__(self):
         validate_fields(self)
+        object.__setattr__(self, "sampler_params", sampler_params(self.sampler, self.sampler_params))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,7 +67,8 @@ def sample_chains(
     """Run the configured chains on the model's energy; deterministic for a given seed."""
     generator = torch.Generator().manual_seed(int(settings.seed))
     start = initial_codes(settings, model.latent_dim, generator, data_codes)
-    sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator)
+    sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator,
+                            **dict(settings.sampler_params))
     return run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every, callback)
 
 

@@ -1,15 +1,15 @@
-"""Compiled Langevin kernels for the MLP energy net (numba).
+"""Compiled Langevin and HMC kernels for the MLP energy net (numba).
 
 Why: one Langevin step on 64 chains is about thirty small tensor ops, and in eager PyTorch
-their dispatch costs several times the arithmetic. Here a whole block of ULA or MALA steps
-runs in one compiled call: chains go in tiles small enough to stay in cache for every step
-of the block, the square layers go through BLAS, and the sigmoid uses an exp written so
-that the compiler vectorises it. The maths is `EnergyNet.energy_and_grad`'s, in float32;
+their dispatch costs several times the arithmetic. Here a whole block of ULA or MALA steps, or
+of HMC iterations, runs in one compiled call: chains go in tiles small enough to stay in cache
+for every step of the block, the square layers go through BLAS, and the sigmoid uses an exp
+written so that the compiler vectorises it. The maths is `EnergyNet.energy_and_grad`'s, in float32;
 tests check that the two agree and that the kernel's chains equal the generic ones.
 
 `FastEnergy` is the entry point: a snapshot of an `EnergyNet`'s weights that is called
-like `energy_and_grad` and that `ebm.sampling` recognises by its `langevin` method. Chains
-are independent, so it splits them over as many cores as PyTorch uses (`OMP_NUM_THREADS`,
+like `energy_and_grad` and that `ebm.samplers` recognises by its `langevin` and `hmc` methods.
+Chains are independent, so it splits them over as many cores as PyTorch uses (`OMP_NUM_THREADS`,
 `torch.set_num_threads`): the kernels release the GIL, and each core gets its own chains
 and its own pre-drawn noise, so the result does not depend on the number of threads.
 """
@@ -189,6 +189,67 @@ def langevin_block(first, stop, position, energy, grad, noise, uniform, step_siz
 
 
 @jit
+def hmc_tile(position, energy, grad, momenta, uniform, step_size, leapfrog_steps, trajectory, energies, acceptance,
+             w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
+    """Advance one tile of chains through every HMC iteration of the block, in place.
+
+    Per iteration t: p = ξ_t, then L leapfrog steps from (x, p) (half kick, then drift and
+    kick, the last kick a half), accepted when u_t < min(1, exp(H(x, p) - H(x', p'))) with
+    H = E + |p|²/2; a NaN ratio rejects. The tile's activations stay in cache for all L steps.
+    """
+    n, d = position.shape
+    half = _f(0.5) * step_size
+    hidden, deriv, pre, g_pre = tile_scratch(n, w1t.shape[1], wh.shape[0] + 1)
+    x, p, energy_new, grad_new = (np.empty((n, d), np.float32), np.empty((n, d), np.float32),
+                                  np.empty(n, np.float32), np.empty((n, d), np.float32))
+    for t in range(momenta.shape[0]):
+        for i in range(n):
+            for k in range(d):
+                p[i, k] = momenta[t, i, k] - half * grad[i, k]
+                x[i, k] = position[i, k]
+        for step in range(leapfrog_steps):
+            for i in range(n):
+                for k in range(d):
+                    x[i, k] += step_size * p[i, k]
+            energy_and_grad_tile(x, w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden, deriv, pre, g_pre,
+                                 energy_new, grad_new)
+            kick = step_size if step < leapfrog_steps - 1 else half
+            for i in range(n):
+                for k in range(d):
+                    p[i, k] -= kick * grad_new[i, k]
+        for i in range(n):
+            kinetic_change = 0.0
+            for k in range(d):
+                kinetic_change += momenta[t, i, k] * momenta[t, i, k] - p[i, k] * p[i, k]
+            log_alpha = (energy[i] - energy_new[i]) + 0.5 * kinetic_change
+            accept_prob = 1.0
+            if math.isnan(log_alpha):  # a NaN ratio rejects
+                accept_prob = 0.0
+            elif log_alpha < 0.0:
+                accept_prob = math.exp(log_alpha)
+            if uniform[t, i] < accept_prob:
+                energy[i] = energy_new[i]
+                for k in range(d):
+                    position[i, k] = x[i, k]
+                    grad[i, k] = grad_new[i, k]
+            for k in range(d):
+                trajectory[t, i, k] = position[i, k]
+            energies[t, i] = energy[i]
+            acceptance[t, i] = accept_prob
+
+
+@jit
+def hmc_block(first, stop, position, energy, grad, momenta, uniform, step_size, leapfrog_steps, trajectory, energies,
+              acceptance, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
+    """Chains first..stop-1, tile by tile, through one block of HMC iterations (see `hmc_tile`)."""
+    for lo in range(first, stop, TILE):
+        hi = min(lo + TILE, stop)
+        hmc_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], momenta[:, lo:hi], uniform[:, lo:hi], step_size,
+                 leapfrog_steps, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], w1t, b1, wh, wht, bh,
+                 w_out, b_out, inv_var)
+
+
+@jit
 def energy_and_grad_all(first, stop, z, energy, grad, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """E and dE/dz for chains first..stop-1, tile by tile."""
     for lo in range(first, stop, TILE):
@@ -235,7 +296,7 @@ def _map_over_chains(work, chains: int, steps: int) -> None:
 
 
 class FastEnergy:
-    """A frozen float32 copy of an `EnergyNet` with compiled E, ∇E and Langevin blocks.
+    """A frozen float32 copy of an `EnergyNet` with compiled E, ∇E, Langevin and HMC blocks.
 
     Call it like `energy_and_grad`. It does not follow later changes to the net: after an
     update, take a new one (`EnergyNet.sampling_energy()`; copying the weights takes microseconds).
@@ -274,19 +335,29 @@ class FastEnergy:
         return torch.from_numpy(energy), torch.from_numpy(grad)
 
     def langevin(self, position, energy, grad, noise, uniform, step_size: float, adjusted: bool):
-        """Run len(noise) steps from (position, energy, grad) with the given N(0, I) noise (steps, N, d)
-        and uniforms (steps, N); returns the new (position, energy, grad) and the per-step
-        (trajectory (steps, N, d), energies (steps, N), acceptance probabilities (steps, N))."""
+        """Run len(noise) ULA (or, `adjusted`, MALA) steps from (position, energy, grad) with the given
+        N(0, I) noise (steps, N, d) and uniforms (steps, N); returns the new (position, energy, grad)
+        and the per-step (trajectory (steps, N, d), energies (steps, N), acceptance probabilities (steps, N))."""
+        return self._block(langevin_block, position, energy, grad, noise, uniform, np.float32(step_size), adjusted)
+
+    def hmc(self, position, energy, grad, momenta, uniform, step_size: float, leapfrog_steps: int):
+        """Run len(momenta) HMC iterations of `leapfrog_steps` leapfrog steps of size `step_size`, each
+        starting from the given momentum (steps, N, d); inputs and outputs as in `langevin`."""
+        return self._block(hmc_block, position, energy, grad, momenta, uniform, np.float32(step_size),
+                           int(leapfrog_steps))
+
+    def _block(self, block, position, energy, grad, normals, uniform, *settings):
+        """`block` (a `langevin_block`-like kernel) over all chains, split over the threads."""
         position = self._positions(position).copy()
         energy, grad = _array(energy).copy(), _array(grad).copy()
-        noise, uniform = _array(noise), _array(uniform)
-        steps, chains = noise.shape[:2]
+        normals, uniform = _array(normals), _array(uniform)
+        steps, chains = normals.shape[:2]
         trajectory = np.empty((steps, chains, self.latent_dim), np.float32)
         energies, acceptance = np.empty((steps, chains), np.float32), np.empty((steps, chains), np.float32)
 
         def work(first: int, stop: int) -> None:  # each thread moves its own chains and writes their columns
-            langevin_block(first, stop, position, energy, grad, noise, uniform, np.float32(step_size), adjusted,
-                           trajectory, energies, acceptance, *self._weights())
+            block(first, stop, position, energy, grad, normals, uniform, *settings, trajectory, energies, acceptance,
+                  *self._weights())
 
         _map_over_chains(work, chains, steps)
         return tuple(map(torch.from_numpy, (position, energy, grad, trajectory, energies, acceptance)))

@@ -19,7 +19,7 @@ from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, energy_step_macs, frame_indices
 from .models import LatentEBM
-from .sampling import ChainResult, build_sampler, run_chains
+from .samplers import ChainResult, build_sampler, run_chains
 from .scheduler import Cancelled
 from .threads import sync_torch_threads
 

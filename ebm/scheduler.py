@@ -6,7 +6,7 @@ a key that says what the result depends on, and wait on the `Ticket` they get ba
   the others wait in FIFO order, and a ticket says how many jobs are ahead of it;
 - a session wants one result at a time: a newer request from the same session cancels the
   older one, dropped from the queue or, when running, stopped at its next block of steps
-  (`work` gets a `should_stop(step)` callback, which `ebm.sampling.run_chains` calls per block);
+  (`work` gets a `should_stop(step)` callback, which `ebm.samplers.run_chains` calls per block);
 - the same key asked by several sessions runs once, and the last results are kept (`cache_size`),
   so the page that everyone opens first costs one run.
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .data import check_dataset, check_threshold
 from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
-from .sampling import DEFAULT_TARGET_ACCEPTANCE, ReplayBuffer, adapted_step_size, build_sampler, run_chains
+from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
 
 
 @dataclass
@@ -237,7 +237,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
         negatives = chains.state.position
         buffer.store(indices, negatives)
         acceptance = chains.acceptance.mean().item()
-        if cfg.sampler == "mala":
+        if SAMPLERS[cfg.sampler].adjusted:
             step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
 
         energy.train()

@@ -6,12 +6,13 @@ import streamlit as st
 import widgets
 from ebm.generate import STARTS, SampleSettings
 from ebm.limits import MAX_APP_CHAINS, RequestTooLarge
+from ebm.samplers import SAMPLERS, param_specs
 
 widgets.ensure_router()
 
 DEFAULTS = SampleSettings()
 PARAMS = [
-    widgets.Param("sampler", "s_sampler", DEFAULTS.sampler, choices=("mala", "ula")),
+    widgets.Param("sampler", "s_sampler", DEFAULTS.sampler, choices=tuple(SAMPLERS)),
     widgets.Param("eps", "s_eps", DEFAULTS.step_size, 0.01, 2.0),
     widgets.Param("K", "s_steps", DEFAULTS.num_steps, 1, 5000),
     widgets.Param("chains", "s_chains", DEFAULTS.num_chains, 1, MAX_APP_CHAINS),
@@ -19,6 +20,11 @@ PARAMS = [
     widgets.Param("start", "s_start", DEFAULTS.start, choices=STARTS),
     widgets.Param("seed", "s_seed", DEFAULTS.seed, 0, widgets.MAX_UI_SEED),
 ]
+# each sampler's own parameters (HMC's leapfrog_steps): in the URL and on the page only while it is chosen
+OWN_PARAMS = {name: [(widgets.Param(param, f"s_{param}", default, spec.low, spec.high), spec)
+                     for param, (default, spec) in param_specs(name).items()] for name in SAMPLERS}
+OWN_NAMES = {p.name: p for own in OWN_PARAMS.values() for p, _ in own}
+PARAMS += list(OWN_NAMES.values())
 P = {p.name: p for p in PARAMS}
 DATA_CODES_LIMIT = 10_000
 CHAIN_GREY = "rgba(128, 128, 128, 0.4)"  # the energy chart reads on light and dark themes alike
@@ -41,8 +47,11 @@ if st.session_state.get("s_start") == "data":  # before the widgets: without the
 # The output column comes first: on a narrow screen columns stack in this order, so the digits show before the controls.
 output, controls = st.columns([2.2, 1], gap="large")
 with controls:
-    widgets.param_select(P["sampler"], "Sampler", format_func=str.upper,
-                         help="ULA takes every Langevin step; MALA adds a Metropolis-Hastings test that makes the chain exact")
+    widgets.param_select(P["sampler"], "Sampler", format_func=lambda name: SAMPLERS[name].label,
+                         help="; ".join(f"{info.label} {info.help}" for info in SAMPLERS.values()))
+    own = [p for p, _ in OWN_PARAMS[st.session_state.s_sampler]]
+    for p, spec in OWN_PARAMS[st.session_state.s_sampler]:
+        widgets.param_slider(p, spec.label[:1].upper() + spec.label[1:], help=spec.help)
     widgets.param_slider(P["eps"], "Step size ε", step=0.01,
                          help="Noise scale of a Langevin step; the drift is ε²/2 times the energy gradient")
     widgets.param_slider(P["K"], "Steps K", step=1)
@@ -51,13 +60,14 @@ with controls:
     widgets.param_select(P["start"], "Start from", format_func={"noise": "noise", "data": "data codes"}.get,
                          help="Noise: codes drawn from N(0, I). Data codes: codes of random training digits")
     widgets.seed_input(P["seed"])
-widgets.state_to_url(PARAMS)
+widgets.state_to_url([p for p in PARAMS if p.name not in OWN_NAMES or p in own])
 
 s = st.session_state
 with output:
     try:
         settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps),
-                                  num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
+                                  num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed),
+                                  sampler_params={p.name: s[p.key] for p in own})
         view = widgets.cached_sample_view(loaded, settings, data_codes)
     except RequestTooLarge as e:
         st.warning(f"That request is too large for the app: {e}.")
@@ -100,9 +110,9 @@ with traces:
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
     st.plotly_chart(fig, key="energy_traces")
 with accept:
-    if settings.sampler == "mala":
-        st.metric("Mean MALA acceptance", f"{view.mean_acceptance:.1%}",
-                  help="About 57% is optimal for MALA; much lower means ε is too large")
+    if SAMPLERS[settings.sampler].adjusted:
+        st.metric(f"Mean {SAMPLERS[settings.sampler].label} acceptance", f"{view.mean_acceptance:.1%}",
+                  help="The share of proposals the Metropolis-Hastings test accepts; far below half means ε is too large")
         fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
         fig.update_layout(title="Acceptance (mean over chains)", xaxis_title="step",
                           yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))

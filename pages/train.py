@@ -12,6 +12,7 @@ from ebm import calibration, jobs, runs
 from ebm.data import DATASETS
 from ebm.images import image_grid
 from ebm.limits import frame_indices
+from ebm.samplers import SAMPLERS
 from ebm.training import TrainConfig, too_short_for_digits
 
 widgets.ensure_router()
@@ -95,7 +96,7 @@ def config_fields() -> TrainConfig:
         with st.container(key="stage_2"):
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
             values.update(stage_fields(STAGE2, 4))
-            values["sampler"] = st.segmented_control("Negatives sampler", ("mala", "ula"), default=DEFAULTS.sampler,
+            values["sampler"] = st.segmented_control("Negatives sampler", tuple(SAMPLERS), default=DEFAULTS.sampler,
                                                      key="t_sampler", required=True, format_func=str.upper)
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})

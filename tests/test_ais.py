@@ -16,7 +16,7 @@ import torch
 from ebm import ais
 from ebm.checkpoint import load_model
 from ebm.evaluation import code_box, grid_quadrature, importance_log_z
-from ebm.sampling import ula
+from ebm.samplers.ula import ula
 
 MU, SIGMA = torch.tensor([1.0, -0.5, 0.5, 0.0]), 0.6
 GAUSSIAN_LOG_Z = 2 * math.log(2 * math.pi * SIGMA**2)  # (d/2) log 2πσ² with d = 4

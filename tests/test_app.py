@@ -174,14 +174,23 @@ def test_sample_page_ula_and_resample():
     assert at.query_params["seed"] == str(at.number_input(key="s_seed").value)
 
 
+def test_sample_page_shows_a_samplers_own_parameters_only_while_it_is_chosen():
+    at = open_page("pages/sample.py", {"sampler": "hmc", "leapfrog_steps": "3", "eps": "0.3", "K": "20", "chains": "4"})
+    assert not at.exception and at.slider(key="s_leapfrog_steps").value == 3
+    assert at.query_params["leapfrog_steps"] == "3" and any("HMC acceptance" in m.label for m in at.metric)
+    at.segmented_control(key="s_sampler").set_value("mala").run()
+    assert not at.exception and "leapfrog_steps" not in at.query_params
+    assert not [s for s in at.slider if s.key == "s_leapfrog_steps"]
+
+
 def test_sample_settings_come_from_the_url_and_bad_values_are_handled():
     at = open_page("pages/sample.py", {"chains": "9", "K": "40", "eps": "0.3", "sampler": "ula", "seed": "7"})
     assert at.slider(key="s_chains").value == 9 and at.slider(key="s_steps").value == 40
     assert any(c.startswith("9 samples after step 40") for c in image_captions(at))
     assert not at.warning
-    at = open_page("pages/sample.py", {"chains": "100000", "K": "abc", "eps": "nan", "sampler": "hmc", "seed": "-3"})
+    at = open_page("pages/sample.py", {"chains": "100000", "K": "abc", "eps": "nan", "sampler": "nuts", "seed": "-3"})
     text = plain(at.warning[0].value)
-    assert "chains=100000 in the URL is above the maximum" in text and "K=abc" in text and "sampler=hmc" in text
+    assert "chains=100000 in the URL is above the maximum" in text and "K=abc" in text and "sampler=nuts" in text
     assert "eps=nan" in text and "seed=-3" in text
     assert at.slider(key="s_chains").value == 1024 and at.slider(key="s_steps").value == 500
     assert at.number_input(key="s_seed").value == 0

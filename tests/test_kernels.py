@@ -10,7 +10,10 @@ import torch
 
 from ebm.kernels import MIN_CHAIN_STEPS_PER_THREAD, TILE, FastEnergy, chain_slices
 from ebm.models import EnergyConfig, EnergyNet
-from ebm.sampling import mala, run_chains, ula
+from ebm.samplers import run_chains
+from ebm.samplers.hmc import hmc
+from ebm.samplers.mala import mala
+from ebm.samplers.ula import ula
 from ebm.threads import set_chain_threads
 
 
@@ -48,7 +51,7 @@ def test_the_sigmoid_holds_over_the_whole_float_range():
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-3)
 
 
-@pytest.mark.parametrize("algorithm", [ula, mala])
+@pytest.mark.parametrize("algorithm", [ula, mala, hmc])
 def test_compiled_blocks_follow_the_generic_steps(algorithm):
     """Same seed, same noise: the compiled block and the torch step loop give the same chains."""
     net = random_net(4, 64, 3)
@@ -62,7 +65,7 @@ def test_compiled_blocks_follow_the_generic_steps(algorithm):
     torch.testing.assert_close(traces_a.acceptance, traces_b.acceptance, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(state_a.energy, state_b.energy, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(state_a.grad, state_b.grad, rtol=1e-4, atol=1e-4)
-    if algorithm is mala:
+    if algorithm is not ula:
         assert 0.3 < traces_a.acceptance.mean() < 1.0  # the test saw both accepts and rejects
 
 
@@ -97,7 +100,8 @@ def chain_threads():
     set_chain_threads(None)
 
 
-def test_chains_do_not_depend_on_the_thread_count(chain_threads):
+@pytest.mark.parametrize("algorithm", [mala, hmc])
+def test_chains_do_not_depend_on_the_thread_count(chain_threads, algorithm):
     """Chains split over threads go through the same tiles: the result of one thread, bit for bit."""
     net = random_net(4, 64, 3)
     start = torch.randn(101, 4, generator=torch.Generator().manual_seed(6))
@@ -106,7 +110,7 @@ def test_chains_do_not_depend_on_the_thread_count(chain_threads):
     for threads in (1, 3):
         chain_threads(threads)
         energy = FastEnergy(net)
-        sampler = mala(energy, 0.5, torch.Generator().manual_seed(8))
+        sampler = algorithm(energy, 0.5, torch.Generator().manual_seed(8))
         results.append((sampler.steps(sampler.init(start), 64), energy(many)))
     ((state_a, traces_a), values_a), ((state_b, traces_b), values_b) = results
     for a, b in [*zip(state_a, state_b), *zip(traces_a, traces_b), *zip(values_a, values_b)]:
@@ -130,19 +134,24 @@ def wasserstein_1d(samples: torch.Tensor, grid: torch.Tensor, probs: torch.Tenso
     return float(((sample_cdf - probs.cumsum(0)).abs() * (grid[1] - grid[0])).sum())
 
 
-def test_compiled_mala_draws_from_a_bimodal_net_density():
-    """A 1-D net shaped into an uneven double well: MALA through the kernel matches the gridded truth.
-
-    E(z) = -(0.75 silu(5z) + 0.6 silu(-5z)) / 5 + z²/8 has modes near +3 and -2.4 of unequal
-    mass. Checked on the mean, the variance, the mass of the left mode and W1; ULA at the same
-    large ε (no Metropolis test) fails the W1 tolerance.
-    """
+def double_well_net() -> EnergyNet:
+    """E(z) = -(0.75 silu(5z) + 0.6 silu(-5z)) / 5 + z²/8: modes near +3 and -2.4 of unequal mass."""
     net = random_net(1, 4, 1)
     with torch.no_grad():
         net.hidden[0].weight.copy_(torch.tensor([[5.0], [-5.0], [0.0], [0.0]]))
         net.hidden[0].bias.zero_()
         net.out.weight.copy_(torch.tensor([[-0.75 / 5, -0.6 / 5, 0.0, 0.0]]))
         net.out.bias.zero_()
+    return net
+
+
+def test_compiled_mala_draws_from_a_bimodal_net_density():
+    """A 1-D net shaped into an uneven double well: MALA through the kernel matches the gridded truth.
+
+    Checked on the mean, the variance, the mass of the left mode and W1; ULA at the same
+    large ε (no Metropolis test) fails the W1 tolerance.
+    """
+    net = double_well_net()
     grid, probs = one_dimensional_truth(net)
     mean = float((grid * probs).sum())
     var = float(((grid - mean) ** 2 * probs).sum())
@@ -164,6 +173,22 @@ def test_compiled_mala_draws_from_a_bimodal_net_density():
 
     biased, _ = draw(ula)
     assert wasserstein_1d(biased, grid, probs) > 0.25  # about 0.4: the tolerance would catch a biased sampler
+
+
+def test_compiled_hmc_draws_from_a_bimodal_net_density():
+    """HMC through the kernel on the double well, held to the same checks as MALA above."""
+    net = double_well_net()
+    grid, probs = one_dimensional_truth(net)
+    mean = float((grid * probs).sum())
+    var = float(((grid - mean) ** 2 * probs).sum())
+    sampler = hmc(FastEnergy(net), 1.0, torch.Generator().manual_seed(0), leapfrog_steps=5)
+    result = run_chains(sampler, sampler.init(torch.randn(4000, 1, generator=torch.Generator().manual_seed(1))), 300)
+    samples = result.trajectory[-1].squeeze(-1)
+    assert 0.3 < result.acceptance.mean().item() < 0.99
+    assert abs(samples.mean().item() - mean) < 5 * math.sqrt(var / 4000)
+    assert abs(samples.var().item() / var - 1) < 0.1
+    assert abs((samples < 0).float().mean().item() - float(probs[grid < 0].sum())) < 0.03
+    assert wasserstein_1d(samples, grid, probs) < 0.12
 
 
 @pytest.mark.parametrize("eps", [0.5, 1.0])

@@ -1,21 +1,20 @@
 """The samplers must draw from the density they are given: checked on densities we know exactly."""
 
+import functools
 import math
 
 import pytest
 import torch
 
 from ebm.models import EnergyConfig, EnergyNet
-from ebm.sampling import (
-    BLOCK_STEPS,
-    MAX_CHAINS,
-    ReplayBuffer,
-    adapt_mala_step_size,
-    build_sampler,
-    mala,
-    run_chains,
-    ula,
-)
+from ebm.samplers import (BLOCK_STEPS, MAX_CHAINS, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler,
+                          contrasting_sampler, run_chains)
+from ebm.samplers.base import chain_algorithm
+from ebm.samplers.hmc import hmc
+from ebm.samplers.integrators import leapfrog
+from ebm.samplers.mala import mala
+from ebm.samplers.metropolis import accept_all
+from ebm.samplers.ula import ula
 
 
 def gaussian_energy(z):
@@ -40,9 +39,10 @@ def mixture_energy(z):
     return energy, grad
 
 
-def draw(kernel_name, energy_fn, eps, chains, steps, dim, seed=0, start_scale=1.0):
+def draw(kernel_name, energy_fn, eps, chains, steps, dim, seed=0, start_scale=1.0, **params):
     gen = torch.Generator().manual_seed(seed)
-    kernel = build_sampler(kernel_name, energy_fn, eps, gen)
+    make = functools.partial(build_sampler, kernel_name) if isinstance(kernel_name, str) else kernel_name
+    kernel = make(energy_fn, eps, gen, **params)
     start = start_scale * torch.randn(chains, dim, generator=gen)
     return run_chains(kernel, kernel.init(start), steps)
 
@@ -63,7 +63,7 @@ def sliced_wasserstein(a, b, projections=64, seed=0):
     return (pa - pb).abs().mean().item()
 
 
-@pytest.mark.parametrize("name", ["ula", "mala"])
+@pytest.mark.parametrize("name", ["ula", "mala", "hmc"])
 def test_standard_gaussian_4d_moments(name):
     # small ε: ULA's bias (variance 1/(1 - ε²/4) - 1 ≈ 0.01) is below the tolerance
     result = draw(name, gaussian_energy, 0.2 if name == "ula" else 0.9, chains=4000, steps=600, dim=4, start_scale=3.0)
@@ -102,7 +102,7 @@ def test_mala_accepts_almost_everything_at_small_step():
     assert result.acceptance.mean().item() > 0.995
 
 
-@pytest.mark.parametrize("name,eps,steps", [("mala", 0.8, 800), ("ula", 0.2, 2000)])
+@pytest.mark.parametrize("name,eps,steps", [("mala", 0.8, 800), ("ula", 0.2, 2000), ("hmc", 0.7, 400)])
 def test_two_component_mixture_2d(name, eps, steps):
     result = draw(name, mixture_energy, eps, chains=4000, steps=steps, dim=2, start_scale=2.0)
     z = result.state.position
@@ -123,6 +123,61 @@ def test_biased_sampler_fails_the_mixture_check():
         return e, 0.5 * g  # samples exp(-E/2): twice the variance
     z = draw("ula", half_gradient, 0.2, chains=4000, steps=2000, dim=2, start_scale=2.0).state.position
     assert sliced_wasserstein(z, mixture_samples(4000, seed=5)) > 0.07
+
+
+def unadjusted_hmc(energy_and_grad, step_size, generator, leapfrog_steps=5):
+    """HMC without its Metropolis test, composed from the same pieces: biased, since leapfrog does not keep H."""
+    def move(state, momentum, uniform):
+        return accept_all(leapfrog(energy_and_grad, state, momentum, step_size, leapfrog_steps)[0])
+    return chain_algorithm(energy_and_grad, move, adjusted=False, generator=generator)
+
+
+def test_hmc_without_its_metropolis_test_fails_the_checks_hmc_passes():
+    """The same ε and L as the exact runs above: the Gaussian and mixture tolerances catch the bias."""
+    z = draw(unadjusted_hmc, gaussian_energy, 0.9, chains=4000, steps=600, dim=4, start_scale=3.0).state.position
+    assert (torch.cov(z.T) - torch.eye(4)).abs().max() > 0.15  # variance about 1.25
+    reference = torch.randn(4000, 4, generator=torch.Generator().manual_seed(99))
+    assert sliced_wasserstein(z, reference) > 0.05
+    z = draw(unadjusted_hmc, mixture_energy, 0.7, chains=4000, steps=400, dim=2, start_scale=2.0).state.position
+    assert sliced_wasserstein(z, mixture_samples(4000, seed=5)) > 0.07
+
+
+def test_hmc_with_one_leapfrog_step_is_mala():
+    """One leapfrog step is MALA's proposal, and its change in H is MALA's Hastings ratio: the same chains."""
+    start = torch.randn(256, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    one = hmc(gaussian_energy, 1.1, torch.Generator().manual_seed(2), leapfrog_steps=1)
+    langevin = mala(gaussian_energy, 1.1, torch.Generator().manual_seed(2))
+    (_, traces_a), (_, traces_b) = one.steps(one.init(start), 20), langevin.steps(langevin.init(start), 20)
+    torch.testing.assert_close(traces_a.positions, traces_b.positions)
+    torch.testing.assert_close(traces_a.acceptance, traces_b.acceptance)
+    assert 0.3 < traces_a.acceptance.mean() < 0.95
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_a_block_of_one_step_is_one_step(name):
+    start = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    a, b = (build_sampler(name, gaussian_energy, 0.9, torch.Generator().manual_seed(1))
+            for _ in range(2))
+    state_a, traces = a.steps(a.init(start), 1)
+    state_b, info = b.step(b.init(start))
+    for x, y in zip(state_a, state_b):
+        assert torch.equal(x, y)
+    assert torch.equal(traces.acceptance[0], info.acceptance_prob)
+
+
+def test_sampler_parameters_are_checked_by_name_and_range():
+    assert len(draw("hmc", gaussian_energy, 0.5, chains=4, steps=3, dim=4, leapfrog_steps=2).record_steps) == 2
+    with pytest.raises(ValueError, match="leapfrog steps"):
+        build_sampler("hmc", gaussian_energy, 0.5, leapfrog_steps=0)
+    with pytest.raises(ValueError, match="no parameter 'leapfrog_steps'"):
+        build_sampler("mala", gaussian_energy, 0.5, leapfrog_steps=3)
+
+
+def test_every_sampler_has_a_contrasting_one():
+    assert contrasting_sampler("mala") == "ula" and contrasting_sampler("ula") == "mala"
+    for name in SAMPLERS:
+        other = contrasting_sampler(name)
+        assert other in SAMPLERS and other != name
 
 
 def test_same_seed_same_chains_other_seed_other_chains():
@@ -158,8 +213,13 @@ def test_callback_runs_after_each_block_and_stops_early_keeping_the_steps_done()
 
 
 def test_step_size_adaptation_reaches_target_acceptance():
+    """`adapted_step_size`, the rule training tunes ε with, applied after every MALA step with a decaying rate."""
     gen = torch.Generator().manual_seed(0)
-    state, eps = adapt_mala_step_size(gaussian_energy, torch.randn(1000, 4, generator=gen), 0.05, num_steps=300, generator=gen)
+    eps = 0.05
+    state = mala(gaussian_energy, eps, gen).init(torch.randn(1000, 4, generator=gen))
+    for t in range(300):
+        state, info = mala(gaussian_energy, eps, gen).step(state)
+        eps = adapted_step_size(eps, info.acceptance_prob.mean().item(), 0.574, rate=1.0 / math.sqrt(t + 1))
     result = run_chains(mala(gaussian_energy, eps, gen), state, 100)
     assert abs(result.acceptance.mean().item() - 0.574) < 0.05
     assert eps > 0.5  # it grew from the far-too-small start
@@ -186,7 +246,7 @@ def test_bad_steps_and_positions_are_refused():
     with pytest.raises(ValueError, match="chains"):
         kernel.init(torch.zeros(MAX_CHAINS + 1, 1))
     with pytest.raises(ValueError, match="unknown sampler"):
-        build_sampler("hmc", gaussian_energy, 0.1)
+        build_sampler("nuts", gaussian_energy, 0.1)
 
 
 def test_mala_rejects_proposals_with_nan_energy():

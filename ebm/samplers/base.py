@@ -1,23 +1,25 @@
-"""Langevin samplers over a batch of chains, in BlackJAX's shape.
+"""What every sampler shares: the chain state, one step's info, the block loop and `run_chains`.
 
-A sampler is a pair `init(position) -> state` and `step(state) -> (state, info)`, plus
-`steps(state, n)` for a block of n steps. The target density is p(z) ∝ exp(-E(z)), given by
-a function returning E and ∇E; when that function also has a `langevin` method (as
-`ebm.kernels.FastEnergy` does), whole blocks run in its compiled kernel.
+A sampler is BlackJAX-shaped: `init(position) -> state`, `step(state) -> (state, info)` and
+`steps(state, n) -> (state, traces)` for a block of n steps, over a batch of chains. The
+target density is p(z) ∝ exp(-E(z)), given by a function returning E and ∇E.
 
-ULA:  z' = z - (ε²/2) ∇E(z) + ε ξ,   ξ ~ N(0, I)          (biased for finite ε)
-MALA: the same proposal, accepted with the Metropolis-Hastings probability,
-      which makes exp(-E) exactly invariant for every ε.
+Randomness layout (the same for every sampler, so a seed means the same thing everywhere):
+a block of n steps draws normals (n, chains, d) first, then, for Metropolis-adjusted
+samplers only, uniforms (n, chains). `step` is a block of one, so `steps(state, 1)` and
+`step(state)` are the same move. ULA and MALA use the normals as the Langevin noise ξ, HMC
+as the momentum it draws afresh each iteration.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 
-from .validation import check_float, check_int
+from ..validation import check_float, check_int
 
 EnergyAndGrad = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -29,7 +31,7 @@ MAX_BLOCK_NUMBERS = 1 << 22  # cap on a block's noise (chains x steps x d), 16 M
 DEFAULT_TARGET_ACCEPTANCE = 0.574  # optimal MALA acceptance (Roberts & Rosenthal 1998)
 
 
-class LangevinState(NamedTuple):
+class ChainState(NamedTuple):
     """Positions of all chains with their energies and energy gradients (reused by the next step)."""
 
     position: torch.Tensor  # (chains, d)
@@ -37,14 +39,14 @@ class LangevinState(NamedTuple):
     grad: torch.Tensor  # (chains, d)
 
 
-class LangevinInfo(NamedTuple):
+class StepInfo(NamedTuple):
     """What one step did, per chain."""
 
-    acceptance_prob: torch.Tensor  # (chains,) Metropolis acceptance probability; 1 for ULA
+    acceptance_prob: torch.Tensor  # (chains,) Metropolis acceptance probability; 1 for unadjusted samplers
     is_accepted: torch.Tensor  # (chains,) bool
 
 
-class LangevinTraces(NamedTuple):
+class Traces(NamedTuple):
     """What a block of steps did: every step's positions, energies and acceptance probabilities."""
 
     positions: torch.Tensor  # (steps, chains, d)
@@ -52,22 +54,48 @@ class LangevinTraces(NamedTuple):
     acceptance: torch.Tensor  # (steps, chains)
 
 
-class SamplingAlgorithm(NamedTuple):
-    """`step` advances one step; `steps(state, n)` advances n, compiled when the energy allows.
+Move = Callable[[ChainState, torch.Tensor, "torch.Tensor | None"], tuple[ChainState, StepInfo]]
+"""One step given its randomness: (state, normals (chains, d), uniforms (chains,) or None)."""
+CompiledBlock = Callable[[ChainState, torch.Tensor, "torch.Tensor | None"], tuple[ChainState, Traces]]
+"""A whole block given its randomness: (state, normals (n, chains, d), uniforms (n, chains) or None)."""
 
-    Both draw their randomness the same way (normals (n, chains, d), then for MALA uniforms
-    (n, chains)), so `steps(state, 1)` and `step(state)` are the same move.
+
+class SamplingAlgorithm(NamedTuple):
+    """`step` advances one step; `steps(state, n)` advances n, compiled when the energy allows."""
+
+    init: Callable[[torch.Tensor], ChainState]
+    step: Callable[[ChainState], tuple[ChainState, StepInfo]]
+    steps: Callable[[ChainState, int], tuple[ChainState, Traces]]
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """The parameters of a sampler that has none besides ε."""
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """A registry entry (`ebm.samplers.SAMPLERS`): how to build a sampler and how to present it.
+
+    `params` is a frozen dataclass of `ebm.validation.setting` fields, the sampler's own
+    parameters besides ε, with defaults, bounds and labels; `build(energy_and_grad, step_size,
+    generator, **params)` takes them by keyword. `adjusted`: it has a Metropolis-Hastings test,
+    so its acceptance means something. `step_size`: the ε that a command line run of it uses
+    unless told otherwise (tuned on the shipped model).
     """
 
-    init: Callable[[torch.Tensor], LangevinState]
-    step: Callable[[LangevinState], tuple[LangevinState, LangevinInfo]]
-    steps: Callable[[LangevinState, int], tuple[LangevinState, LangevinTraces]]
+    build: Callable[..., SamplingAlgorithm]
+    label: str
+    adjusted: bool
+    help: str
+    step_size: float = 0.5
+    params: type = NoParams
 
 
 class ChainResult(NamedTuple):
     """Output of `run_chains`: final state, recorded positions and per-step traces."""
 
-    state: LangevinState
+    state: ChainState
     trajectory: torch.Tensor  # (records, chains, d): the start, then every `record_every` steps
     record_steps: list[int]  # the step number of each record (0 = start)
     energies: torch.Tensor  # (steps, chains) energy after each step
@@ -89,117 +117,63 @@ def check_positions(position: torch.Tensor) -> torch.Tensor:
     return position
 
 
-def langevin_move(energy_and_grad: EnergyAndGrad, state: LangevinState, noise: torch.Tensor, uniform: torch.Tensor | None,
-                  step_size: float) -> tuple[LangevinState, LangevinInfo]:
-    """One Langevin move with the given noise; `uniform` None means ULA, else MALA's accept test."""
-    drift = 0.5 * step_size * step_size
-    proposal = state.position - drift * state.grad + step_size * noise
-    energy, grad = energy_and_grad(proposal)
-    if uniform is None:
-        ones = torch.ones_like(energy)
-        return LangevinState(proposal, energy, grad), LangevinInfo(ones, ones.bool())
-    # log q(x'|x) = -|ξ|²/2;  log q(x|x') = -|x - x' + (ε²/2)∇E(x')|² / (2ε²)
-    backward = state.position - proposal + drift * grad
-    log_q_ratio = 0.5 * noise.square().sum(-1) - backward.square().sum(-1) / (2 * step_size * step_size)
-    log_alpha = torch.nan_to_num(state.energy - energy + log_q_ratio, nan=-math.inf)
-    accept_prob = log_alpha.clamp(max=0.0).exp()
-    accepted = uniform < accept_prob
-    keep = accepted.unsqueeze(-1)
-    new_state = LangevinState(
-        torch.where(keep, proposal, state.position),
-        torch.where(accepted, energy, state.energy),
-        torch.where(keep, grad, state.grad),
-    )
-    return new_state, LangevinInfo(accept_prob, accepted)
+def check_num_steps(num_steps: int) -> int:
+    return check_int("number of steps K", num_steps, 1, MAX_STEPS)
 
 
-def _langevin(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None, adjusted: bool) -> SamplingAlgorithm:
-    eps = check_step_size(step_size)
-    compiled = getattr(energy_and_grad, "langevin", None)  # e.g. ebm.kernels.FastEnergy
+def chain_algorithm(energy_and_grad: EnergyAndGrad, move: Move, adjusted: bool,
+                    generator: torch.Generator | None = None, compiled: CompiledBlock | None = None) -> SamplingAlgorithm:
+    """A sampler from its one-step `move`: init, the randomness layout, and the block loop
+    (or `compiled`, which runs a whole block with the same randomness)."""
 
-    def init(position: torch.Tensor) -> LangevinState:
+    def init(position: torch.Tensor) -> ChainState:
         position = check_positions(position)
-        energy, grad = energy_and_grad(position)
-        return LangevinState(position, energy, grad)
+        return ChainState(position, *energy_and_grad(position))
 
-    def draw(state: LangevinState, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draw(state: ChainState, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         dtype = state.position.dtype
-        noise = torch.randn((n, *state.position.shape), generator=generator, dtype=dtype)
-        uniform = torch.rand((n, state.position.shape[0]), generator=generator, dtype=dtype) if adjusted else None
-        return noise, uniform
+        normals = torch.randn((n, *state.position.shape), generator=generator, dtype=dtype)
+        uniforms = torch.rand((n, state.position.shape[0]), generator=generator, dtype=dtype) if adjusted else None
+        return normals, uniforms
 
-    def steps(state: LangevinState, n: int) -> tuple[LangevinState, LangevinTraces]:
-        noise, uniform = draw(state, n)
+    def steps(state: ChainState, n: int) -> tuple[ChainState, Traces]:
+        normals, uniforms = draw(state, n)
         if compiled is not None:
-            uniform = uniform if adjusted else torch.empty(n, state.position.shape[0])
-            position, energy, grad, positions, energies, acceptance = compiled(*state, noise, uniform, eps, adjusted)
-            return LangevinState(position, energy, grad), LangevinTraces(positions, energies, acceptance)
+            return compiled(state, normals, uniforms)
         positions, energies, acceptance = [], [], []
         for t in range(n):
-            state, info = langevin_move(energy_and_grad, state, noise[t], None if uniform is None else uniform[t], eps)
+            state, info = move(state, normals[t], None if uniforms is None else uniforms[t])
             positions.append(state.position)
             energies.append(state.energy)
             acceptance.append(info.acceptance_prob)
-        return state, LangevinTraces(torch.stack(positions), torch.stack(energies), torch.stack(acceptance))
+        return state, Traces(torch.stack(positions), torch.stack(energies), torch.stack(acceptance))
 
-    def step(state: LangevinState) -> tuple[LangevinState, LangevinInfo]:
-        noise, uniform = draw(state, 1)
-        return langevin_move(energy_and_grad, state, noise[0], None if uniform is None else uniform[0], eps)
+    def step(state: ChainState) -> tuple[ChainState, StepInfo]:
+        normals, uniforms = draw(state, 1)
+        return move(state, normals[0], None if uniforms is None else uniforms[0])
 
     return SamplingAlgorithm(init, step, steps)
 
 
-def ula(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None = None) -> SamplingAlgorithm:
-    """Unadjusted Langevin algorithm: every proposal is taken."""
-    return _langevin(energy_and_grad, step_size, generator, adjusted=False)
+def compiled_block(energy_and_grad: EnergyAndGrad, kernel_name: str, *settings) -> CompiledBlock | None:
+    """The energy's compiled whole-block kernel `kernel_name` (e.g. `ebm.kernels.FastEnergy.langevin`)
+    as a `CompiledBlock`, or None when the energy has none. The kernel takes (position, energy,
+    grad, normals, uniforms, *settings) and returns the new state and the block's traces."""
+    kernel = getattr(energy_and_grad, kernel_name, None)
+    if kernel is None:
+        return None
 
+    def run(state: ChainState, normals: torch.Tensor, uniforms: torch.Tensor | None) -> tuple[ChainState, Traces]:
+        uniforms = torch.empty(normals.shape[:2]) if uniforms is None else uniforms
+        position, energy, grad, positions, energies, acceptance = kernel(*state, normals, uniforms, *settings)
+        return ChainState(position, energy, grad), Traces(positions, energies, acceptance)
 
-def mala(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None = None) -> SamplingAlgorithm:
-    """Metropolis-adjusted Langevin algorithm: the ULA proposal plus an accept/reject test."""
-    return _langevin(energy_and_grad, step_size, generator, adjusted=True)
-
-
-SAMPLERS: dict[str, Callable[..., SamplingAlgorithm]] = {"ula": ula, "mala": mala}
-
-
-def build_sampler(name: str, energy_and_grad: EnergyAndGrad, step_size: float, generator=None) -> SamplingAlgorithm:
-    """Look a sampler up by name ("ula" or "mala")."""
-    key = name.lower()
-    if key not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[key](energy_and_grad, step_size, generator)
+    return run
 
 
 def adapted_step_size(step_size: float, acceptance: float, target: float = DEFAULT_TARGET_ACCEPTANCE, rate: float = 0.5) -> float:
     """One Robbins-Monro update of ε on the log scale toward a target acceptance rate."""
     return step_size * math.exp(rate * (acceptance - target))
-
-
-def adapt_mala_step_size(
-    energy_and_grad: EnergyAndGrad,
-    position: torch.Tensor,
-    step_size: float,
-    num_steps: int = 100,
-    target: float = DEFAULT_TARGET_ACCEPTANCE,
-    generator: torch.Generator | None = None,
-) -> tuple[LangevinState, float]:
-    """Warm-up: run MALA while tuning ε toward `target` mean acceptance; returns (state, tuned ε).
-
-    The tuned ε is then fixed for the sampling phase, so the chain that follows is a proper
-    MALA chain with exp(-E) invariant.
-    """
-    eps = check_step_size(step_size)
-    if not 0.0 < target < 1.0:
-        raise ValueError(f"target acceptance must be in (0, 1), got {target}")
-    state = mala(energy_and_grad, eps, generator).init(position)
-    for t in range(check_num_steps(num_steps)):
-        state, info = mala(energy_and_grad, eps, generator).step(state)
-        eps = adapted_step_size(eps, info.acceptance_prob.mean().item(), target, rate=1.0 / math.sqrt(t + 1))
-    return state, eps
-
-
-def check_num_steps(num_steps: int) -> int:
-    return check_int("number of steps K", num_steps, 1, MAX_STEPS)
 
 
 def block_length(chains: int, dim: int) -> int:
@@ -209,7 +183,7 @@ def block_length(chains: int, dim: int) -> int:
 
 def run_chains(
     sampler: SamplingAlgorithm,
-    state: LangevinState,
+    state: ChainState,
     num_steps: int,
     record_every: int | None = None,
     callback: Callable[[int], bool | None] | None = None,
