@@ -232,6 +232,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="classifier weights for the image metrics")
     p.add_argument("--samples", type=int, default=10_000, help="images per model (and chains for the EBM)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default=SampleSettings().sampler,
+                   help="the sampler whose samples are scored, at its own default ε and parameters")
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
     p.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="where evaluation.json and evaluation.md go")
     p.add_argument("--threads", type=int, default=1,
@@ -247,7 +249,8 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     try:
         model, _ = load_model(args.weights)
         classifier, classifier_meta = load_classifier(args.classifier)
-        results = evaluate(model, classifier, args.data_dir, args.samples, args.seed,
+        settings = SampleSettings(args.sampler, SAMPLERS[args.sampler].step_size, num_chains=args.samples, seed=args.seed)
+        results = evaluate(model, classifier, args.data_dir, args.samples, args.seed, settings,
                            log=lambda message: print(message, flush=True))
     except (WeightsError, DatasetError, ValueError) as e:
         raise SystemExit(f"error: {e}")
