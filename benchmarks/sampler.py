@@ -10,7 +10,7 @@ that many cores, which is also what sizes XLA's thread pool). First unadjusted L
   (`ebm.kernels`) that runs each block of steps in one call, chains split over the threads.
 
 Then MALA, with the same step size, against BlackJAX's (`blackjax.mala`; benchmarks/requirements.txt):
-- ours: `ebm.sampling.mala` + `run_chains` as above;
+- ours: `ebm.samplers.mala` + `run_chains` as above;
 - blackjax: the net's E(z) in jax.numpy (benchmarks/jax_energy.py, float32), `blackjax.mala` with
   its step size ε²/2 (its proposal is x + τ∇log p + sqrt(2τ)ξ, ours x - (ε²/2)∇E + εξ), `jax.vmap`
   over chains, `jax.lax.scan` over steps, jitted; like ours it keeps every step's positions,

@@ -16,7 +16,7 @@ import jax  # noqa: E402
 from benchmarks.jax_energy import energy, energy_params  # noqa: E402
 from benchmarks.sampler import BlackjaxMala, ours_chain_steps_per_s  # noqa: E402
 from ebm.checkpoint import load_model  # noqa: E402
-from ebm.sampling import mala  # noqa: E402
+from ebm.samplers.mala import mala  # noqa: E402
 
 
 @pytest.fixture(scope="module")
