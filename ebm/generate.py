@@ -15,7 +15,8 @@ import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .samplers import MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, run_chains, sampler_params
+from .samplers import (MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, gradients_per_step, run_chains,
+                       sampler_params)
 from .validation import setting, validate_fields
 
 STARTS = ("noise", "data")
@@ -41,6 +42,10 @@ class SampleSettings:
     def __post_init__(self):
         validate_fields(self)
         object.__setattr__(self, "sampler_params", sampler_params(self.sampler, self.sampler_params))
+
+    def gradients_per_step(self) -> int:
+        """Energy gradients each step costs with this sampler: the request caps count them."""
+        return gradients_per_step(self.sampler, self.sampler_params)
 
     def as_dict(self) -> dict:
         return asdict(self)

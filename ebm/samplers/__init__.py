@@ -38,7 +38,7 @@ from .base import (
 __all__ = [
     "BLOCK_STEPS", "DEFAULT_TARGET_ACCEPTANCE", "MAX_CHAINS", "MAX_STEPS", "SAMPLERS", "ChainResult", "ChainState",
     "EnergyAndGrad", "ReplayBuffer", "SamplerInfo", "SamplingAlgorithm", "StepInfo", "Traces", "adapted_step_size",
-    "build_sampler", "check_positions", "check_step_size", "contrasting_sampler", "param_specs", "run_chains",
+    "build_sampler", "check_positions", "check_step_size", "contrasting_sampler", "gradients_per_step", "param_specs", "run_chains",
     "sampler_info", "sampler_params",
 ]
 
@@ -74,6 +74,11 @@ def sampler_params(name: str, given: Mapping[str, Any] | Iterable[tuple[str, Any
         raise ValueError(f"no sampler has a parameter {unknown[0]!r}; the parameters are {sorted(known) or 'none'}")
     own = sampler_info(name).params(**{k: v for k, v in given.items() if k in param_specs(name)})
     return tuple(dataclasses.asdict(own).items())
+
+
+def gradients_per_step(name: str, params: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> int:
+    """Energy gradients one step of sampler `name` with `params` costs (HMC: L; the Langevin samplers: 1)."""
+    return sampler_info(name).params(**dict(sampler_params(name, params))).gradients_per_step
 
 
 def build_sampler(name: str, energy_and_grad: EnergyAndGrad, step_size: float, generator=None,

@@ -72,6 +72,8 @@ class SamplingAlgorithm(NamedTuple):
 class NoParams:
     """The parameters of a sampler that has none besides ε."""
 
+    gradients_per_step = 1  # energy gradients one step costs: what the app's request caps count
+
 
 @dataclass(frozen=True)
 class SamplerInfo:

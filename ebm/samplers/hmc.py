@@ -31,6 +31,11 @@ class HMCParams:
     def __post_init__(self):
         validate_fields(self)
 
+    @property
+    def gradients_per_step(self) -> int:
+        """An iteration costs one gradient per leapfrog step: what the app's request caps count."""
+        return self.leapfrog_steps
+
 
 def hmc(energy_and_grad: EnergyAndGrad, step_size: float, generator: torch.Generator | None = None,
         leapfrog_steps: int = HMCParams.leapfrog_steps) -> SamplingAlgorithm:
