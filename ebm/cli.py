@@ -20,28 +20,26 @@ from tqdm import tqdm
 from . import __version__
 from .classifier import add_train_classifier_arguments, run_train_classifier
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
-from .data import DATASETS, DatasetError, default_data_dir, load_binarized
+from .data import DatasetError, default_data_dir, load_binarized
 from .evaluation import add_evaluate_arguments, run_evaluate
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .threads import limit_native_threads
 from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
+from .validation import Spec, argparse_type, spec
 
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+def setting_flag(p: argparse.ArgumentParser, cls, name: str, *flags: str, **kwargs) -> None:
+    """A flag for setting `name` of settings dataclass `cls`: its default, help and check are the setting's own."""
+    s = spec(cls, name)
+    kwargs.setdefault("help", s.help or s.label or None)
+    if s.kind == "choice":
+        kwargs["choices"] = s.choices
+    else:
+        kwargs["type"] = argparse_type(s, name)
+    default = next(f.default for f in fields(cls) if f.name == name)
+    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), dest=name, default=default, **kwargs)
 
 
 def pick_device(name: str) -> str:
@@ -53,18 +51,7 @@ def pick_device(name: str) -> str:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its default, so the CLI and the config never drift apart."""
     for f in fields(TrainConfig):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "dataset":
-            p.add_argument(flag, default=default, choices=DATASETS)
-        elif f.name == "sampler":
-            p.add_argument(flag, default=default, choices=("ula", "mala"))
-        elif f.name == "device":
-            p.add_argument(flag, default=default, choices=("cpu", "cuda"))
-        elif f.name == "ebm_train_images":
-            p.add_argument(flag, type=positive_int, default=default, help="use only the first N training images in stage 2")
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+        setting_flag(p, TrainConfig, f.name)
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
     p.add_argument("--runs-dir", type=Path, default=None, help="where the trained weights go (default $EBM_RUNS_DIR or runs/)")
     p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
@@ -120,9 +107,8 @@ def save_trained(model, cfg: TrainConfig, args: argparse.Namespace) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> Path:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     try:
-        cfg.validate()
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     pick_device(cfg.device)
@@ -156,26 +142,25 @@ def run_train(args: argparse.Namespace) -> Path:
     return path
 
 
+SAMPLE_FLAG_NAMES = {"num_steps": ("--steps",), "num_chains": ("--num-images", "--chains")}
+"""SampleSettings fields whose flags are not --field-name; every field gets a flag, so a new setting needs no edit here."""
+
+
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    d = SampleSettings()
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    p.add_argument("--sampler", choices=("ula", "mala"), default=d.sampler)
-    p.add_argument("--step-size", type=positive_float, default=d.step_size, help="Langevin ε (noise scale)")
-    p.add_argument("--steps", type=positive_int, default=d.num_steps, help="K, Langevin steps per chain")
-    p.add_argument("--num-images", "--chains", dest="num_chains", type=positive_int, default=d.num_chains)
-    p.add_argument("--record-every", type=positive_int, default=d.record_every)
-    p.add_argument("--start", choices=("noise", "data"), default=d.start)
-    p.add_argument("--seed", type=int, default=d.seed)
+    for f in fields(SampleSettings):
+        setting_flag(p, SampleSettings, f.name, *SAMPLE_FLAG_NAMES.get(f.name, ()))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--data-dir", type=Path, default=None, help="needed for --start data")
     p.add_argument("--out-dir", type=Path, default=Path("samples"), help="where grid.png and chains.gif go")
     p.add_argument("--out", type=Path, default=None, help="also write the decoded images as an (N, 28, 28) .npy")
-    p.add_argument("--gif-chains", type=positive_int, default=64, help="how many chains the GIF shows")
+    p.add_argument("--gif-chains", type=argparse_type(Spec("int", low=1), "gif-chains"), default=64,
+                   help="how many chains the GIF shows")
 
 
 def run_sample(args: argparse.Namespace) -> dict:
     try:
-        settings = SampleSettings(args.sampler, args.step_size, args.steps, args.num_chains, args.record_every, args.start, args.seed)
+        settings = SampleSettings(**{f.name: getattr(args, f.name) for f in fields(SampleSettings)})
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")
