@@ -120,6 +120,11 @@ def _read_header(data: bytes, name: str) -> tuple[dict, dict]:
     return metadata, shapes
 
 
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise WeightsError(f"{name} is {size:,} bytes, above the {MAX_FILE_BYTES:,} an artifact may have")
+
+
 def _file_bytes(path: Path, kind: Kind, name: str, header_only: bool) -> bytes:
     """A file's bytes (only the length and the header when `header_only`), refusing missing and oversized files."""
     try:
@@ -128,8 +133,7 @@ def _file_bytes(path: Path, kind: Kind, name: str, header_only: bool) -> bytes:
         size = None
     if size is None:
         raise WeightsError(kind.missing.format(name=name))
-    if size > MAX_FILE_BYTES:
-        raise WeightsError(f"{name} is {size:,} bytes, above the {MAX_FILE_BYTES:,} an artifact may have")
+    _check_size(size, name)
     try:
         with path.open("rb") as f:
             if not header_only:
@@ -173,6 +177,7 @@ def read_artifact(
     """
     if isinstance(source, bytes):
         data, name = source, name or "weights"
+        _check_size(len(data), name)
     else:
         name = str(source) if name is None else name
         data = _file_bytes(Path(source), kind, name, header_only=False)

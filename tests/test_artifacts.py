@@ -50,6 +50,8 @@ def test_files_above_the_size_cap_are_refused_before_they_are_read(tmp_path, mon
     monkeypatch.setattr(checkpoint, "MAX_FILE_BYTES", 1000)
     with pytest.raises(WeightsError, match=r"big\.safetensors is [\d,]+ bytes, above the 1,000 an artifact may have"):
         checkpoint.load_model(path)
+    with pytest.raises(WeightsError, match=r"^upload is [\d,]+ bytes, above the 1,000"):  # bytes in memory, too
+        checkpoint.model_from_bytes(path.read_bytes(), name="upload")
 
 
 @pytest.mark.parametrize("extra,match", [("{not json", "'extra' is not valid JSON"),
