@@ -158,7 +158,9 @@ def _header(data: bytes, kind: Kind, name: str) -> Header:
 
 
 def read_header(source: bytes | str | Path, kind: Kind = MODEL, name: str | None = None) -> Header:
-    """An artifact's header, checked (length, JSON, format tag, `extra`); a file is read no further. Raises WeightsError."""
+    """An artifact's header, checked (length, JSON, format tag, `extra`); a file is read no further.
+
+    Raises WeightsError."""
     if isinstance(source, bytes):
         return _header(source, kind, name or "weights")
     name = str(source) if name is None else name

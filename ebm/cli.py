@@ -143,7 +143,7 @@ def run_train(args: argparse.Namespace) -> Path:
 
 
 SAMPLE_FLAG_NAMES = {"num_steps": ("--steps",), "num_chains": ("--num-images", "--chains")}
-"""SampleSettings fields whose flags are not --field-name; every field gets a flag, so a new setting needs no edit here."""
+"""SampleSettings fields whose flags are not --field-name; every field gets a flag: a new setting needs no edit here."""
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:

@@ -51,7 +51,8 @@ class TrainConfig:
                            help="Peak rate of the one-cycle schedule")
     ae_latent_noise: float = setting(0.1, low=0.0, ui_high=2.0, label="Code noise",
                                      help="Std of noise added to codes before decoding")
-    ae_code_penalty: float = setting(1.0, low=0.0, ui_high=100.0, label="Code penalty",  # with the noise: a fixed-variance VAE
+    # with the code noise, the code penalty makes stage 1 a fixed-variance VAE
+    ae_code_penalty: float = setting(1.0, low=0.0, ui_high=100.0, label="Code penalty",
                                      help="Weight of |z|²/2: keeps codes near the origin")
     # stage 2: energy net
     ebm_hidden_dim: int = setting(96, low=1, high=MAX_WIDTH, ui_low=4, ui_high=1024, step=4, label="Hidden width")
@@ -83,7 +84,8 @@ class TrainConfig:
                                 help="α in α(E₊² + E₋²): keeps energies near zero")
     grad_clip: float = setting(1.0, low=0.0, low_open=True, ui_low=1e-3, ui_high=1e3, label="Gradient clip")
     max_energy_gap: float = setting(1.0, low=0.0, low_open=True, label="Lost-chains energy gap",
-                                    help="Negatives this far (nats, running mean) above the data: chains lost, restart them")
+                                    help="Negatives this far (nats, running mean) above the data: chains lost, "
+                                         "restart them")
     negatives_every: int = setting(0, low=0, ui_high=10_000, step=10, label="Show negatives every",
                                    help="Decode a few negatives every N iterations (0: never)")
 

@@ -33,7 +33,8 @@ def number_field(name: str) -> float | int:
     default = getattr(DEFAULTS, name)
     help_ = s.help or None
     if s.kind == "int":
-        return st.number_input(s.label, int(low), int(high), int(default), int(s.step or 1), key=f"t_{name}", help=help_)
+        return st.number_input(s.label, int(low), int(high), int(default), int(s.step or 1), key=f"t_{name}",
+                               help=help_)
     return st.number_input(s.label, float(low), float(high), float(default), format="%g", key=f"t_{name}", help=help_,
                            step=s.step or (float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01))
 
