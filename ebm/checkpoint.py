@@ -1,4 +1,7 @@
-"""Weights on disk: safetensors tensors plus JSON metadata, saved atomically, checked on load.
+"""Artifacts on disk: safetensors tensors plus JSON metadata, saved atomically, checked on load.
+
+One loader (`read_artifact`) reads every kind (the model here, the classifier in `ebm.classifier`,
+run listings read only the header with `read_header`), each told apart by its format tag.
 
 Never pickle: a weights file can come from a user upload, and safetensors cannot run code.
 """
@@ -9,12 +12,14 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes, save as save_bytes
+from torch import nn
 
 from . import __version__
 from .data import check_dataset, check_threshold
@@ -27,19 +32,6 @@ SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "mnist_d4.safetensors"
 
 class WeightsError(ValueError):
     """A weights file that cannot be used, with the reason in the message."""
-
-
-def model_to_bytes(model: LatentEBM, extra: dict | None = None) -> bytes:
-    """Serialise a model (tensors + metadata) to safetensors bytes, e.g. for a download button."""
-    metadata = {
-        "format": FORMAT,
-        "package_version": __version__,
-        "autoencoder": json.dumps(asdict(model.autoencoder.config)),
-        "energy": json.dumps(asdict(model.energy.config)),
-        "extra": json.dumps(extra or {}),
-    }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    return save_bytes(tensors, metadata=metadata)
 
 
 def write_atomically(path: str | Path, data: bytes) -> Path:
@@ -74,15 +66,38 @@ def save_model(model: LatentEBM, path: str | Path, extra: dict | None = None) ->
     return write_atomically(check_weights_path(path), model_to_bytes(model, extra))
 
 
-def _config(metadata: dict, key: str, cls, name: str):
-    try:
-        return cls(**json.loads(metadata[key]))
-    except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise WeightsError(f"{name}: metadata field {key!r} is missing or invalid: {e}") from None
-
-
 MAX_HEADER_BYTES = 1 << 20
 """Most bytes of JSON header a weights file may have (the shipped one has about 6 KB)."""
+MAX_FILE_BYTES = 1 << 31
+"""Most bytes an artifact file may have: far above any model the app serves (its uploads stop at 50 MB)."""
+
+
+class Kind(NamedTuple):
+    """A kind of artifact: the format tag its metadata carries and how messages call it."""
+
+    format: str
+    what: str  # completes "X is not ...": "an mnist-ebm weights file"
+    missing: str  # the message for a missing file, with {name}
+
+
+MODEL = Kind(FORMAT, "an mnist-ebm weights file", "weights file {name} does not exist")
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an artifact declares before any tensor is read: its metadata, `extra` and tensor shapes."""
+
+    name: str  # how messages call the file
+    metadata: dict
+    extra: dict  # metadata["extra"], parsed: always a JSON object
+    shapes: dict[str, tuple[int, ...]]
+
+    def config(self, key: str, cls):
+        """The config dataclass `cls` made from metadata field `key`; WeightsError naming the field otherwise."""
+        try:
+            return cls(**json.loads(self.metadata[key]))
+        except (KeyError, TypeError, ValueError) as e:  # JSONDecodeError is a ValueError
+            raise WeightsError(f"{self.name}: metadata field {key!r} is missing or invalid: {e}") from None
 
 
 def _read_header(data: bytes, name: str) -> tuple[dict, dict]:
@@ -105,53 +120,84 @@ def _read_header(data: bytes, name: str) -> tuple[dict, dict]:
     return metadata, shapes
 
 
-def model_from_bytes(
-    data: bytes, name: str = "weights", check_architecture: Callable[[AutoencoderConfig, EnergyConfig], None] | None = None,
-) -> tuple[LatentEBM, dict]:
-    """Rebuild a model from safetensors bytes; returns (model, extra metadata). Raises WeightsError.
+def _check_size(size: int, name: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise WeightsError(f"{name} is {size:,} bytes, above the {MAX_FILE_BYTES:,} an artifact may have")
 
-    Everything the header declares (format, architecture, tensor names and shapes) is checked
-    before any tensor is read or any module allocated: the model is laid out on the meta device,
-    and the file's tensors become its weights (`assign=True`). `check_architecture` (e.g.
-    `ebm.limits.check_app_architecture`) can refuse a model by its shapes alone.
-    """
-    metadata, shapes = _read_header(data, name)
-    if metadata.get("format") != FORMAT:
-        raise WeightsError(f"{name} is not an mnist-ebm weights file (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    ae_config = _config(metadata, "autoencoder", AutoencoderConfig, name)
-    energy_config = _config(metadata, "energy", EnergyConfig, name)
-    if check_architecture is not None:
-        try:
-            check_architecture(ae_config, energy_config)
-        except ValueError as e:
-            raise WeightsError(f"{name} is too large for this app: {e}") from None
+
+def _file_bytes(path: Path, kind: Kind, name: str, header_only: bool) -> bytes:
+    """A file's bytes (only the length and the header when `header_only`), refusing missing and oversized files."""
     try:
-        with torch.device("meta"):  # shapes only: no memory, however wide the metadata says the model is
-            model = LatentEBM(Autoencoder(ae_config), EnergyNet(energy_config),
-                              torch.zeros(ae_config.latent_dim), torch.ones(ae_config.latent_dim))
-    except (ValueError, RuntimeError) as e:
-        raise WeightsError(f"{name}: metadata describes an impossible model: {e}") from None
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(f"{name}: tensors do not match the architecture; missing {missing}, unexpected {unexpected}")
-    for key, shape in shapes.items():
-        if shape != expected[key]:
-            raise WeightsError(f"{name}: tensor {key!r} has shape {shape}, the architecture in its metadata needs {expected[key]}")
+        size = path.stat().st_size if path.is_file() else None
+    except OSError:
+        size = None
+    if size is None:
+        raise WeightsError(kind.missing.format(name=name))
+    _check_size(size, name)
+    try:
+        with path.open("rb") as f:
+            if not header_only:
+                return f.read()
+            head = f.read(8)
+            return head + f.read(min(int.from_bytes(head, "little"), MAX_HEADER_BYTES) if len(head) == 8 else 0)
+    except OSError as e:
+        raise WeightsError(f"{name} could not be read: {e.strerror or type(e).__name__}") from None
+
+
+def _header(data: bytes, kind: Kind, name: str) -> Header:
+    metadata, shapes = _read_header(data, name)
+    if metadata.get("format") != kind.format:
+        raise WeightsError(f"{name} is not {kind.what} (format {metadata.get('format')!r}, expected {kind.format!r})")
     try:
         extra = json.loads(metadata.get("extra") or "{}")
-    except ValueError as e:
+    except (TypeError, ValueError) as e:
         raise WeightsError(f"{name}: metadata field 'extra' is not valid JSON: {e}") from None
     if not isinstance(extra, dict):
         raise WeightsError(f"{name}: metadata field 'extra' must be a JSON object, got {type(extra).__name__}")
-    try:  # the pages and the CLI load data by these, so a bad value must stop here
-        if "dataset" in extra:
-            check_dataset(extra["dataset"])
-        if "threshold" in extra:
-            check_threshold(extra["threshold"])
-    except ValueError as e:
-        raise WeightsError(f"{name}: metadata field 'extra' is invalid: {e}") from None
+    return Header(name, metadata, extra, shapes)
+
+
+def read_header(source: bytes | str | Path, kind: Kind = MODEL, name: str | None = None) -> Header:
+    """An artifact's header, checked (length, JSON, format tag, `extra`); a file is read no further.
+
+    Raises WeightsError."""
+    if isinstance(source, bytes):
+        return _header(source, kind, name or "weights")
+    name = str(source) if name is None else name
+    return _header(_file_bytes(Path(source), kind, name, header_only=True), kind, name)
+
+
+def read_artifact(
+    source: bytes | str | Path, kind: Kind, build: Callable[[Header], nn.Module], name: str | None = None,
+) -> tuple[nn.Module, Header]:
+    """The one loader of safetensors artifacts: (module holding the file's weights, in eval mode; its header).
+
+    Bytes or a path (at most MAX_FILE_BYTES). Everything the header declares is checked before a
+    tensor is read or a module allocated: `build(header)` lays the module out on the meta device
+    (it raises WeightsError for metadata it refuses), then the file's tensor names and shapes must
+    be the module's, and every tensor floating-point and finite; they become its weights (`assign=True`).
+    """
+    if isinstance(source, bytes):
+        data, name = source, name or "weights"
+        _check_size(len(data), name)
+    else:
+        name = str(source) if name is None else name
+        data = _file_bytes(Path(source), kind, name, header_only=False)
+    header = _header(data, kind, name)
+    try:
+        with torch.device("meta"):  # shapes only: no memory, however wide the metadata says the model is
+            module = build(header)
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e, WeightsError):
+            raise
+        raise WeightsError(f"{name}: metadata describes an impossible model: {e}") from None
+    expected = {key: tuple(t.shape) for key, t in module.state_dict().items()}
+    missing, unexpected = sorted(set(expected) - set(header.shapes)), sorted(set(header.shapes) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{name}: tensors do not match the architecture; missing {missing}, unexpected {unexpected}")
+    for key, shape in header.shapes.items():
+        if shape != expected[key]:
+            raise WeightsError(f"{name}: tensor {key!r} has shape {shape}, the architecture in its metadata needs {expected[key]}")
     try:
         tensors = load_bytes(data)
     except (SafetensorError, ValueError, OSError) as e:
@@ -161,11 +207,58 @@ def model_from_bytes(
             raise WeightsError(f"{name}: tensor {key!r} holds {value.dtype}, not floating-point numbers")
         if not torch.isfinite(value).all():
             raise WeightsError(f"{name}: tensor {key!r} contains NaN or infinity")
-    if (tensors["code_std"] <= 0).any():
+    module.load_state_dict({k: v.float().contiguous() for k, v in tensors.items()}, assign=True)
+    module.eval()
+    return module, header
+
+
+def artifact_bytes(module: nn.Module, kind: Kind, metadata: dict[str, str]) -> bytes:
+    """A module's tensors and `metadata` (the format tag added) as safetensors bytes."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    return save_bytes(tensors, metadata={"format": kind.format, **metadata})
+
+
+def model_to_bytes(model: LatentEBM, extra: dict | None = None) -> bytes:
+    """Serialise a model (tensors + metadata) to safetensors bytes, e.g. for a download button."""
+    return artifact_bytes(model, MODEL, {
+        "package_version": __version__,
+        "autoencoder": json.dumps(asdict(model.autoencoder.config)),
+        "energy": json.dumps(asdict(model.energy.config)),
+        "extra": json.dumps(extra or {}),
+    })
+
+
+def model_from_bytes(
+    data: bytes | str | Path, name: str = "weights",
+    check_architecture: Callable[[AutoencoderConfig, EnergyConfig], None] | None = None,
+) -> tuple[LatentEBM, dict]:
+    """Rebuild a model from safetensors bytes (or a file); returns (model, extra metadata). Raises WeightsError.
+
+    See `read_artifact`; `check_architecture` (e.g. `ebm.limits.check_app_architecture`) can
+    refuse a model by its shapes alone, and the `extra` values the pages load data by are checked.
+    """
+    def build(header: Header) -> LatentEBM:
+        ae_config = header.config("autoencoder", AutoencoderConfig)
+        energy_config = header.config("energy", EnergyConfig)
+        if check_architecture is not None:
+            try:
+                check_architecture(ae_config, energy_config)
+            except ValueError as e:
+                raise WeightsError(f"{header.name} is too large for this app: {e}") from None
+        try:  # the pages and the CLI load data by these, so a bad value must stop here
+            if "dataset" in header.extra:
+                check_dataset(header.extra["dataset"])
+            if "threshold" in header.extra:
+                check_threshold(header.extra["threshold"])
+        except ValueError as e:
+            raise WeightsError(f"{header.name}: metadata field 'extra' is invalid: {e}") from None
+        return LatentEBM(Autoencoder(ae_config), EnergyNet(energy_config),
+                         torch.zeros(ae_config.latent_dim), torch.ones(ae_config.latent_dim))
+
+    model, header = read_artifact(data, MODEL, build, name=name)
+    if (model.code_std <= 0).any():
         raise WeightsError(f"{name}: code_std must be positive")
-    model.load_state_dict({k: v.float().contiguous() for k, v in tensors.items()}, assign=True)
-    model.eval()
-    return model, extra
+    return model, header.extra
 
 
 def load_model(
@@ -173,8 +266,4 @@ def load_model(
     check_architecture: Callable[[AutoencoderConfig, EnergyConfig], None] | None = None,
 ) -> tuple[LatentEBM, dict]:
     """Load a weights file from disk; see `model_from_bytes`. Messages call it `name` (default: its path)."""
-    path = Path(path)
-    name = str(path) if name is None else name
-    if not path.is_file():
-        raise WeightsError(f"weights file {name} does not exist")
-    return model_from_bytes(path.read_bytes(), name=name, check_architecture=check_architecture)
+    return model_from_bytes(Path(path), name=str(path) if name is None else name, check_architecture=check_architecture)

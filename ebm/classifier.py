@@ -16,16 +16,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 from torch import nn
 
-from .checkpoint import REPO_ROOT, WeightsError, write_atomically
+from .checkpoint import REPO_ROOT, Kind, artifact_bytes, read_artifact, write_atomically
 from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
-from .models import check_widths
+from .models import MAX_WIDTH
+from .validation import setting, validate_fields
 
-FORMAT = "mnist-ebm-classifier/1"
+CLASSIFIER = Kind("mnist-ebm-classifier/1", "a classifier weights file",
+                  "classifier weights {name} do not exist; create them with `python -m ebm train-classifier`")
 DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
 
 
@@ -33,13 +32,13 @@ DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
 class ClassifierConfig:
     """conv(1->c1) -> pool -> conv(c1->c2) -> pool -> fc(c2*7*7 -> feature_dim) -> fc(-> 10)."""
 
-    channels1: int = 16
-    channels2: int = 32
-    feature_dim: int = 128
-    num_classes: int = 10
+    channels1: int = setting(16, low=1, high=MAX_WIDTH)
+    channels2: int = setting(32, low=1, high=MAX_WIDTH)
+    feature_dim: int = setting(128, low=1, high=MAX_WIDTH)
+    num_classes: int = setting(10, low=1, high=MAX_WIDTH)
 
     def __post_init__(self):
-        check_widths(self)  # metadata from a file must not make us allocate an absurd model
+        validate_fields(self)  # metadata from a file must not make us allocate an absurd model
 
 
 class MnistClassifier(nn.Module):
@@ -123,48 +122,18 @@ def train_classifier(
 
 def save_classifier(model: MnistClassifier, path: str | Path = DEFAULT_CLASSIFIER, extra: dict | None = None) -> Path:
     """Write safetensors atomically (temp file in the same folder, then rename), readable by all."""
-    path = Path(path).resolve()
-    metadata = {"format": FORMAT, "config": json.dumps(asdict(model.config)), "extra": json.dumps(extra or {})}
-    data = save_bytes({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, metadata=metadata)
-    return write_atomically(path, data)
+    metadata = {"config": json.dumps(asdict(model.config)), "extra": json.dumps(extra or {})}
+    return write_atomically(Path(path).resolve(), artifact_bytes(model, CLASSIFIER, metadata))
 
 
 def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassifier, dict]:
     """Read a classifier written by `save_classifier`; returns (model in eval mode, extra metadata).
 
     Raises WeightsError naming the file and the problem (missing, not safetensors, wrong
-    format, tensors that do not fit the architecture in the metadata).
+    format, tensors that do not fit the architecture in the metadata); see `read_artifact`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"classifier weights {path} do not exist; create them with `python -m ebm train-classifier`")
-    data = path.read_bytes()
-    try:
-        tensors = load_bytes(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    except (SafetensorError, ValueError, OSError) as e:
-        raise WeightsError(f"{path} is not a valid safetensors file: {e}") from None
-    metadata = header.get("__metadata__") or {}
-    if metadata.get("format") != FORMAT:
-        raise WeightsError(f"{path} is not a classifier weights file (format {metadata.get('format')!r}, expected {FORMAT!r})")
-    try:
-        model = MnistClassifier(ClassifierConfig(**json.loads(metadata["config"])))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise WeightsError(f"{path}: metadata field 'config' is missing or invalid: {e}") from None
-    expected = model.state_dict()
-    if set(tensors) != set(expected):
-        raise WeightsError(
-            f"{path}: tensors do not match the architecture; missing {sorted(set(expected) - set(tensors))}, "
-            f"unexpected {sorted(set(tensors) - set(expected))}"
-        )
-    for key, value in tensors.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise WeightsError(f"{path}: tensor {key!r} has shape {tuple(value.shape)}, the architecture needs {tuple(expected[key].shape)}")
-        if not torch.isfinite(value).all():
-            raise WeightsError(f"{path}: tensor {key!r} contains NaN or infinity")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
-    model.eval()
-    return model, json.loads(metadata.get("extra") or "{}")
+    model, header = read_artifact(path, CLASSIFIER, lambda h: MnistClassifier(h.config("config", ClassifierConfig)))
+    return model, header.extra
 
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from . import __version__
 from .classifier import DEFAULT_CLASSIFIER, add_train_classifier_arguments, load_classifier, run_train_classifier
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
-from .data import DATASETS, DatasetError, default_data_dir, load_binarized
+from .data import DatasetError, default_data_dir, load_binarized
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
@@ -28,21 +28,19 @@ from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, defaul
 from .samplers import SAMPLERS, param_specs
 from .threads import limit_native_threads
 from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
+from .validation import Spec, argparse_type, spec
 
 
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
+def setting_flag(p: argparse.ArgumentParser, cls, name: str, *flags: str, **kwargs) -> None:
+    """A flag for setting `name` of settings dataclass `cls`: its default, help and check are the setting's own."""
+    s = spec(cls, name)
+    kwargs.setdefault("help", s.help or s.label or None)
+    if s.kind == "choice":
+        kwargs["choices"] = s.choices
+    else:
+        kwargs["type"] = argparse_type(s, name)
+    default = next(f.default for f in fields(cls) if f.name == name)
+    p.add_argument(*(flags or ("--" + name.replace("_", "-"),)), dest=name, default=default, **kwargs)
 
 
 def pick_device(name: str) -> str:
@@ -54,18 +52,7 @@ def pick_device(name: str) -> str:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, with its default, so the CLI and the config never drift apart."""
     for f in fields(TrainConfig):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "dataset":
-            p.add_argument(flag, default=default, choices=DATASETS)
-        elif f.name == "sampler":
-            p.add_argument(flag, default=default, choices=tuple(SAMPLERS))
-        elif f.name == "device":
-            p.add_argument(flag, default=default, choices=("cpu", "cuda"))
-        elif f.name == "ebm_train_images":
-            p.add_argument(flag, type=positive_int, default=default, help="use only the first N training images in stage 2")
-        else:
-            p.add_argument(flag, type=type(default), default=default)
+        setting_flag(p, TrainConfig, f.name)
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
     p.add_argument("--runs-dir", type=Path, default=None, help="where the trained weights go (default $EBM_RUNS_DIR or runs/)")
     p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
@@ -121,9 +108,8 @@ def save_trained(model, cfg: TrainConfig, args: argparse.Namespace) -> Path:
 
 
 def run_train(args: argparse.Namespace) -> Path:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     try:
-        cfg.validate()
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     pick_device(cfg.device)
@@ -157,27 +143,29 @@ def run_train(args: argparse.Namespace) -> Path:
     return path
 
 
+SAMPLE_FLAG_NAMES = {"num_steps": ("--steps",), "num_chains": ("--num-images", "--chains")}
+"""SampleSettings fields whose flags are not --field-name; every field gets a flag: a new setting needs no edit here."""
+
+
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
-    d = SampleSettings()
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
-    p.add_argument("--sampler", choices=tuple(SAMPLERS), default=d.sampler)
-    for name, (default, spec) in sampler_param_flags().items():  # e.g. --leapfrog-steps, HMC's L
+    for f in fields(SampleSettings):
+        if f.name == "step_size":  # its default is the chosen sampler's own ε
+            p.add_argument("--step-size", type=argparse_type(spec(SampleSettings, f.name), f.name), default=None,
+                           help="ε, the sampler's step size (default: the sampler's own, "
+                                + ", ".join(f"{name} {info.step_size:g}" for name, info in SAMPLERS.items()) + ")")
+        elif f.name != "sampler_params":
+            setting_flag(p, SampleSettings, f.name, *SAMPLE_FLAG_NAMES.get(f.name, ()))
+    for name, (default, param) in sampler_param_flags().items():  # e.g. --leapfrog-steps, HMC's L
         owners = ", ".join(s for s in SAMPLERS if name in param_specs(s))
-        p.add_argument("--" + name.replace("_", "-"), type=int if spec.kind == "int" else float, default=None,
-                       help=f"{spec.help} ({owners} only; default {default})")
-    p.add_argument("--step-size", type=positive_float, default=None,
-                   help="ε, the sampler's step size (default: the sampler's own, "
-                        + ", ".join(f"{name} {info.step_size:g}" for name, info in SAMPLERS.items()) + ")")
-    p.add_argument("--steps", type=positive_int, default=d.num_steps, help="K, Langevin steps per chain")
-    p.add_argument("--num-images", "--chains", dest="num_chains", type=positive_int, default=d.num_chains)
-    p.add_argument("--record-every", type=positive_int, default=d.record_every)
-    p.add_argument("--start", choices=("noise", "data"), default=d.start)
-    p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--" + name.replace("_", "-"), type=argparse_type(param, name), default=None,
+                       help=f"{param.help} ({owners} only; default {default})")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--data-dir", type=Path, default=None, help="needed for --start data")
     p.add_argument("--out-dir", type=Path, default=Path("samples"), help="where grid.png and chains.gif go")
     p.add_argument("--out", type=Path, default=None, help="also write the decoded images as an (N, 28, 28) .npy")
-    p.add_argument("--gif-chains", type=positive_int, default=64, help="how many chains the GIF shows")
+    p.add_argument("--gif-chains", type=argparse_type(Spec("int", low=1), "gif-chains"), default=64,
+                   help="how many chains the GIF shows")
 
 
 def sampler_param_flags() -> dict:
@@ -192,8 +180,8 @@ def run_sample(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --{foreign[0].replace('_', '-')} is not a parameter of --sampler {args.sampler}")
     try:
         step_size = SAMPLERS[args.sampler].step_size if args.step_size is None else args.step_size
-        settings = SampleSettings(args.sampler, step_size, args.steps, args.num_chains, args.record_every, args.start,
-                                  args.seed, given)
+        chosen = {f.name: getattr(args, f.name) for f in fields(SampleSettings) if f.name in vars(args)}
+        settings = SampleSettings(**{**chosen, "step_size": step_size, "sampler_params": given})
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}")

@@ -16,7 +16,6 @@ No Streamlit here: the app imports this module, not the other way round.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 import traceback
@@ -110,7 +109,7 @@ class TrainingJob:
 
     def __init__(self, cfg: TrainConfig, runs_dir: Path, data_loader: DataLoader, owner: str | None = None):
         self.id = uuid.uuid4().hex[:12]
-        self.cfg = copy.deepcopy(cfg)
+        self.cfg = cfg  # frozen: the caller cannot change it under the job
         self.runs_dir = runs_dir
         self.owner = owner
         self._data_loader = data_loader
@@ -286,12 +285,11 @@ _jobs: list[TrainingJob] = []
 
 
 def check_app_training(cfg: TrainConfig) -> TrainConfig:
-    """A validated copy of `cfg` if this server may train it: a valid config on an available device,
+    """`cfg` (checked when made) if this server may train it: on an available device,
     a model the app serves (`check_app_architecture`) and a cost within the caps (`check_training_cost`).
 
     Raises ValueError otherwise (ModelTooLarge and TrainingTooCostly among them), with one sentence saying why.
     """
-    cfg = copy.deepcopy(cfg).validate()
     if cfg.device != "cpu" and not (cfg.device == "cuda" and torch.cuda.is_available()):
         raise ValueError(f"device {cfg.device!r} is not available here")
     check_app_architecture(cfg.autoencoder_config(), cfg.energy_config())

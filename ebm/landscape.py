@@ -23,6 +23,7 @@ import torch
 
 from .quadrature import grid_quadrature
 from .models import EnergyNet, LatentEBM
+from .validation import check_float, check_int
 
 MAX_GRID_POINTS = 4_000_000
 """Most energy evaluations one quadrature grid may take (memory: 4 bytes each)."""
@@ -57,11 +58,9 @@ def _check_dims(dims: Sequence[int], d: int) -> tuple[int, int]:
     return i, j
 
 
-def _check_grid(extent: float, resolution: int) -> None:
-    if not math.isfinite(extent) or extent <= 0:
-        raise ValueError(f"extent must be a finite number > 0, got {extent}")
-    if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 2:
-        raise ValueError(f"resolution must be an integer >= 2, got {resolution}")
+def _check_grid(extent: float, resolution: int) -> tuple[float, int]:
+    """(extent, resolution) of a square grid, checked: half-width > 0, at least 2 points a side."""
+    return check_float("extent", extent, 0.0, low_open=True), check_int("resolution", resolution, 2)
 
 
 def _fixed_vector(fixed: Sequence[float] | None, d: int) -> torch.Tensor:
@@ -122,9 +121,9 @@ def energy_slice(
     """Energies on a resolution × resolution grid over [-extent, extent]² in two dims."""
     d = _latent_dim(model)
     i, j = _check_dims(dims, d)
-    _check_grid(extent, resolution)
+    extent, resolution = _check_grid(extent, resolution)
     base = _fixed_vector(fixed, d)
-    axis = torch.linspace(-extent, extent, int(resolution))
+    axis = torch.linspace(-extent, extent, resolution)
     yy, xx = torch.meshgrid(axis, axis, indexing="ij")
     codes = base.expand(xx.numel(), d).clone()
     codes[:, i] = xx.reshape(-1)
@@ -206,8 +205,7 @@ def marginal_densities(model: LatentEBM | EnergyNet, extent: float = 5.0, resolu
     """
     d = _latent_dim(model)
     resolution = grid_resolution(d) if resolution is None else resolution
-    _check_grid(extent, resolution)
-    n = int(resolution)
+    extent, n = _check_grid(extent, resolution)
     if n**d > MAX_GRID_POINTS:
         raise ValueError(
             f"a {n}^{d} grid has {n**d:,} points, above the cap of {MAX_GRID_POINTS:,}; use resolution <= {grid_resolution(d)}"

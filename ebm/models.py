@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .validation import setting, validate_fields
 
 IMAGE_PIXELS = 28 * 28
 MAX_LAYERS = 16
 MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate: ~100 MB of weights
 
 
-def check_widths(config) -> None:
-    """Every int field of a config is an integer in [1, MAX_WIDTH] (configs also come from file metadata)."""
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if f.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WIDTH):
-            raise ValueError(f"{type(config).__name__}.{f.name} must be an integer in [1, {MAX_WIDTH}], got {value!r}")
-
-
 @dataclass
 class AutoencoderConfig:
     """Shape of the MLP autoencoder 784 -> hidden -> hidden -> latent -> hidden -> hidden -> 784."""
 
-    hidden_dim: int = 512
-    latent_dim: int = 4
+    hidden_dim: int = setting(512, low=1, high=MAX_WIDTH)
+    latent_dim: int = setting(4, low=1, high=MAX_WIDTH)
 
     def __post_init__(self):
-        check_widths(self)
+        validate_fields(self)  # configs also come from file metadata: no absurd allocation
 
 
 class Autoencoder(nn.Module):
@@ -63,19 +56,13 @@ class Autoencoder(nn.Module):
 class EnergyConfig:
     """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) on standardized codes."""
 
-    latent_dim: int = 4
-    hidden_dim: int = 96
-    num_layers: int = 3
-    tilt_sigma: float = 3.0
+    latent_dim: int = setting(4, low=1, high=MAX_WIDTH)
+    hidden_dim: int = setting(96, low=1, high=MAX_WIDTH)
+    num_layers: int = setting(3, low=1, high=MAX_LAYERS)
+    tilt_sigma: float = setting(3.0, low=0.0, low_open=True)
 
     def __post_init__(self):
-        check_widths(self)
-        if self.num_layers > MAX_LAYERS:
-            raise ValueError(f"EnergyConfig.num_layers must be at most {MAX_LAYERS}, got {self.num_layers}")
-        if isinstance(self.tilt_sigma, bool) or not isinstance(self.tilt_sigma, (int, float)) or not (
-            math.isfinite(self.tilt_sigma) and self.tilt_sigma > 0
-        ):
-            raise ValueError(f"EnergyConfig.tilt_sigma must be a finite number > 0, got {self.tilt_sigma!r}")
+        validate_fields(self)
 
 
 class EnergyNet(nn.Module):

@@ -20,9 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
-from .checkpoint import FORMAT, SHIPPED_WEIGHTS, write_atomically
+from .checkpoint import SHIPPED_WEIGHTS, WeightsError, read_header, write_atomically
 
 WEIGHTS_NAME = "model.safetensors"
 HISTORY_NAME = "history.json"
@@ -179,17 +177,9 @@ class RunInfo:
 def read_extra(path: str | Path) -> dict | None:
     """The `extra` metadata of a weights file from its header only; None if not an mnist-ebm file."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError):
+        return read_header(path).extra
+    except WeightsError:
         return None
-    if meta.get("format") != FORMAT:
-        return None
-    try:
-        extra = json.loads(meta.get("extra") or "{}")
-    except json.JSONDecodeError:
-        return None
-    return extra if isinstance(extra, dict) else None
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[RunInfo]:

@@ -18,47 +18,79 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .data import check_dataset, check_threshold
-from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+from .data import DATASETS, DEFAULT_THRESHOLD
+from .generate import MAX_SEED
+from .models import MAX_LAYERS, MAX_WIDTH, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
+from .validation import setting, validate_fields
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run; stored in the weights' metadata."""
+    """Everything that defines a training run; stored in the weights' metadata. Checked when made.
 
-    dataset: str = "mnist"
-    threshold: float = 0.5
-    seed: int = 0
-    device: str = "cpu"
+    Each field declares its bounds, label and help once (`setting`): the CLI's flags and the
+    Train page's fields read them (`ebm.validation.spec`); `ui_low`/`ui_high` are the page's
+    narrower ranges, where the full one is no use in a form.
+    """
+
+    dataset: str = setting("mnist", choices=DATASETS, label="Dataset")
+    threshold: float = setting(DEFAULT_THRESHOLD, low=0.0, high=1.0, low_open=True, high_open=True,
+                               label="Binarization threshold", help="A pixel is 1 where intensity/255 >= this")
+    seed: int = setting(0, low=0, high=MAX_SEED, ui_high=2**31 - 1, label="Seed")  # browsers keep ints exact to 2**53
+    device: str = setting("cpu", choices=("cpu", "cuda"), label="Device")
     # stage 1: autoencoder
-    ae_hidden_dim: int = 512
-    latent_dim: int = 4
-    ae_epochs: int = 12
-    ae_batch_size: int = 128
-    ae_lr: float = 1e-3
-    ae_latent_noise: float = 0.1  # std of the noise added to codes while training the decoder
-    ae_code_penalty: float = 1.0  # weight of |z|^2/2: with the noise, a fixed-variance VAE
+    ae_hidden_dim: int = setting(512, low=1, high=MAX_WIDTH, ui_low=8, ui_high=2048, step=8, label="Hidden width",
+                                 help="Width of the MLP encoder and decoder")
+    latent_dim: int = setting(4, low=1, high=MAX_WIDTH, ui_low=2, ui_high=6, label="Latent dimensions",
+                              help="4 keeps the log Z quadrature and the explorer fast")
+    ae_epochs: int = setting(12, low=0, ui_high=200, label="Epochs",
+                             help="Passes over the training set (0 skips stage 1: the decoder stays untrained)")
+    ae_batch_size: int = setting(128, low=1, ui_low=8, ui_high=4096, step=8, label="Batch size")
+    ae_lr: float = setting(1e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate",
+                           help="Peak rate of the one-cycle schedule")
+    ae_latent_noise: float = setting(0.1, low=0.0, ui_high=2.0, label="Code noise",
+                                     help="Std of noise added to codes before decoding")
+    # with the code noise, the code penalty makes stage 1 a fixed-variance VAE
+    ae_code_penalty: float = setting(1.0, low=0.0, ui_high=100.0, label="Code penalty",
+                                     help="Weight of |z|²/2: keeps codes near the origin")
     # stage 2: energy net
-    ebm_hidden_dim: int = 96
-    ebm_layers: int = 3
-    ebm_tilt_sigma: float = 3.0
-    ebm_iterations: int = 16000
-    ebm_batch_size: int = 512
-    negatives_per_datapoint: int = 1  # persistent chains advanced per data code each iteration
-    ebm_lr: float = 1e-3
-    ebm_train_images: int | None = None  # None: every training image's code
-    ebm_code_noise: float = 0.03  # std of noise added to the data codes (standardized units) in stage 2
-    sampler: str = "mala"
-    mcmc_steps: int = 20
-    mcmc_step_size: float = 0.2
-    target_acceptance: float = DEFAULT_TARGET_ACCEPTANCE
-    buffer_size: int = 10_000
-    reinit_prob: float = 0.05
-    energy_reg: float = 0.01  # alpha * (E+^2 + E-^2) keeps energies near zero
-    grad_clip: float = 1.0
-    max_energy_gap: float = 1.0  # negatives this far (nats, running mean) above the data: chains lost, restart them
-    negatives_every: int = 0  # decode a few negatives into events every N iterations (0: never)
+    ebm_hidden_dim: int = setting(96, low=1, high=MAX_WIDTH, ui_low=4, ui_high=1024, step=4, label="Hidden width")
+    ebm_layers: int = setting(3, low=1, high=MAX_LAYERS, ui_high=8, label="Hidden layers")
+    ebm_tilt_sigma: float = setting(3.0, low=0.0, low_open=True, ui_low=0.1, ui_high=100.0, label="Tilt σ",
+                                    help="E gets |z|²/2σ² added, so that e^−E is integrable")
+    ebm_iterations: int = setting(16000, low=1, ui_low=10, ui_high=100_000, step=10, label="Iterations",
+                                  help="Contrastive-divergence updates of the energy net")
+    ebm_batch_size: int = setting(512, low=1, ui_low=8, ui_high=4096, step=8, label="Batch size",
+                                  help="Data codes and negatives per update")
+    negatives_per_datapoint: int = setting(1, low=1, label="Negatives per data code",
+                                           help="Persistent chains advanced per data code each iteration")
+    ebm_lr: float = setting(1e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate")
+    ebm_train_images: int | None = setting(None, low=1, kind="int", optional=True, label="Stage-2 training images",
+                                           help="Use only the first N training images in stage 2 (default: all)")
+    ebm_code_noise: float = setting(0.03, low=0.0, label="Data-code noise",
+                                    help="Std of noise added to the data codes (standardized units) in stage 2")
+    sampler: str = setting("mala", choices=tuple(SAMPLERS), label="Negatives sampler")
+    mcmc_steps: int = setting(20, low=1, ui_high=500, label="Langevin steps per update", help="K for the negatives")
+    mcmc_step_size: float = setting(0.2, low=0.0, low_open=True, ui_low=1e-3, ui_high=5.0, label="Initial step size ε",
+                                    help="A Metropolis-adjusted sampler adapts it toward the target acceptance")
+    target_acceptance: float = setting(DEFAULT_TARGET_ACCEPTANCE, low=0.0, high=1.0, low_open=True, high_open=True,
+                                       ui_low=0.05, ui_high=0.95, label="Target acceptance")
+    buffer_size: int = setting(10_000, low=1, ui_low=16, ui_high=1_000_000, step=16, label="Replay buffer",
+                               help="Persistent chains the negatives continue from")
+    reinit_prob: float = setting(0.05, low=0.0, high=1.0, label="Restart probability",
+                                 help="Chance that a negative restarts from noise")
+    energy_reg: float = setting(0.01, low=0.0, ui_high=10.0, label="Energy regularization",
+                                help="α in α(E₊² + E₋²): keeps energies near zero")
+    grad_clip: float = setting(1.0, low=0.0, low_open=True, ui_low=1e-3, ui_high=1e3, label="Gradient clip")
+    max_energy_gap: float = setting(1.0, low=0.0, low_open=True, label="Lost-chains energy gap",
+                                    help="Negatives this far (nats, running mean) above the data: chains lost, "
+                                         "restart them")
+    negatives_every: int = setting(0, low=0, ui_high=10_000, step=10, label="Show negatives every",
+                                   help="Decode a few negatives every N iterations (0: never)")
+
+    def __post_init__(self):
+        validate_fields(self)
 
     def autoencoder_config(self) -> AutoencoderConfig:
         """The autoencoder's shape in these settings."""
@@ -69,30 +101,8 @@ class TrainConfig:
         return EnergyConfig(self.latent_dim, self.ebm_hidden_dim, self.ebm_layers, self.ebm_tilt_sigma)
 
     def validate(self) -> "TrainConfig":
-        positive = {k: getattr(self, k) for k in (
-            "ae_hidden_dim", "latent_dim", "ae_batch_size", "ebm_hidden_dim", "ebm_layers",
-            "ebm_iterations", "ebm_batch_size", "negatives_per_datapoint", "mcmc_steps", "buffer_size")}
-        for name, value in positive.items():
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value}")
-        if self.ae_epochs < 0:
-            raise ValueError(f"ae_epochs must be >= 0, got {self.ae_epochs}")
-        for name in ("ae_lr", "ebm_lr", "mcmc_step_size", "ebm_tilt_sigma", "grad_clip", "max_energy_gap"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("energy_reg", "ae_code_penalty", "ae_latent_noise", "ebm_code_noise"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if not 0.0 < self.target_acceptance < 1.0:
-            raise ValueError(f"target_acceptance must be in (0, 1), got {self.target_acceptance}")
-        if int(self.negatives_every) != self.negatives_every or self.negatives_every < 0:
-            raise ValueError(f"negatives_every must be an integer >= 0, got {self.negatives_every}")
-        if not 0.0 <= self.reinit_prob <= 1.0:
-            raise ValueError(f"reinit_prob must be in [0, 1], got {self.reinit_prob}")
-        check_dataset(self.dataset)
-        check_threshold(self.threshold)
+        """This config; it was checked when made (kept for callers that check a config they are handed)."""
+        validate_fields(self)
         return self
 
 
@@ -326,7 +336,6 @@ def train(model: LatentEBM, train_images: torch.Tensor, test_images: torch.Tenso
 
     A stop (`should_stop` True) during stage 1 ends the training before stage 2's code statistics.
     """
-    cfg.validate()
     torch.manual_seed(cfg.seed)
     model.to(cfg.device)
     yield from train_autoencoder(model.autoencoder, train_images, test_images, cfg, should_stop)

@@ -9,11 +9,12 @@ cannot drift from what the core accepts.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 def check_int(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> int:
@@ -59,6 +60,19 @@ class Spec:
     optional: bool = False  # None is also valid (e.g. "all of them")
     label: str = ""  # what a form calls it
     help: str = ""  # one sentence for a tooltip or --help
+    ui_low: float | None = None  # a form's narrower range (inside low..high), where the full one is no use there
+    ui_high: float | None = None
+    step: float | None = None  # a form's step, where the default one is not it
+
+    def __post_init__(self):
+        if not self.low <= (self.low if self.ui_low is None else self.ui_low) <= (
+                self.high if self.ui_high is None else self.ui_high) <= self.high:
+            raise ValueError(f"a form's range [{self.ui_low}, {self.ui_high}] must lie in [{self.low}, {self.high}]")
+
+    @property
+    def form_range(self) -> tuple[float, float]:
+        """(lowest, highest) value a form offers: the ui_ bounds where given, else the setting's own."""
+        return (self.low if self.ui_low is None else self.ui_low, self.high if self.ui_high is None else self.ui_high)
 
     def check(self, name: str, value: Any) -> Any:
         """The value, validated (ints and floats converted); ValueError naming `name` otherwise."""
@@ -72,13 +86,37 @@ class Spec:
         return check_float(name, value, self.low, self.high, self.low_open, self.high_open)
 
 
+    def parse(self, name: str, text: str) -> Any:
+        """A command-line word as this setting's value; ValueError naming `name` otherwise."""
+        if self.optional and text.lower() == "none":
+            return None
+        try:
+            value = text if self.kind == "choice" else int(text) if self.kind == "int" else float(text)
+        except ValueError:
+            raise ValueError(f"{self.label or name} must be {'an integer' if self.kind == 'int' else 'a number'}, "
+                             f"got {text!r}") from None
+        return self.check(name, value)
+
+
+def argparse_type(spec_: Spec, name: str) -> Callable[[str], Any]:
+    """An argparse `type=` for a setting: the flag is checked against the same Spec as the value it makes."""
+    def parse(text: str) -> Any:
+        try:
+            return spec_.parse(name, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
 def setting(default: Any, *, low: float = -math.inf, high: float = math.inf, low_open: bool = False,
             high_open: bool = False, choices: Sequence = (), kind: str | None = None, optional: bool = False,
-            label: str = "", help: str = "") -> Any:
+            label: str = "", help: str = "", ui_low: float | None = None, ui_high: float | None = None,
+            step: float | None = None) -> Any:
     """A dataclass field whose metadata holds its `Spec`; the kind follows the default unless given."""
     if kind is None:
         kind = "choice" if choices else "int" if isinstance(default, int) and not isinstance(default, bool) else "float"
-    spec_ = Spec(kind, low, high, low_open, high_open, tuple(choices), optional, label, help)
+    spec_ = Spec(kind, low, high, low_open, high_open, tuple(choices), optional, label, help, ui_low, ui_high, step)
     return dataclasses.field(default=default, metadata={"spec": spec_})
 
 

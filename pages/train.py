@@ -9,11 +9,10 @@ import streamlit as st
 
 import widgets
 from ebm import calibration, jobs, runs
-from ebm.data import DATASETS
 from ebm.images import image_grid
 from ebm.limits import frame_indices
-from ebm.samplers import SAMPLERS
 from ebm.training import TrainConfig, too_short_for_digits
+from ebm.validation import spec
 
 widgets.ensure_router()
 
@@ -21,55 +20,33 @@ DEFAULTS = TrainConfig(negatives_every=50)
 CHART_POINTS = 200  # per series; the whole run's 1,600 events took 45 ms per chart, 4 charts a refresh
 REFRESH_S = 2.0  # the live panel's period
 
-# field -> (label, min, max, step, help); the defaults come from TrainConfig
-STAGE1 = {
-    "ae_epochs": ("Epochs", 0, 200, 1, "Passes over the training set (0 skips stage 1: the decoder stays untrained)"),
-    "ae_hidden_dim": ("Hidden width", 8, 2048, 8, "Width of the MLP encoder and decoder"),
-    "latent_dim": ("Latent dimensions", 2, 6, 1, "4 keeps the log Z quadrature and the explorer fast"),
-    "ae_batch_size": ("Batch size", 8, 4096, 8, None),
-    "ae_lr": ("Learning rate", 1e-5, 1.0, None, "Peak rate of the one-cycle schedule"),
-    "ae_latent_noise": ("Code noise", 0.0, 2.0, None, "Std of noise added to codes before decoding"),
-    "ae_code_penalty": ("Code penalty", 0.0, 100.0, None, "Weight of |z|²/2: keeps codes near the origin"),
-}
-STAGE2 = {
-    "ebm_iterations": ("Iterations", 10, 100_000, 10, "Contrastive-divergence updates of the energy net"),
-    "ebm_hidden_dim": ("Hidden width", 4, 1024, 4, None),
-    "ebm_layers": ("Hidden layers", 1, 8, 1, None),
-    "ebm_tilt_sigma": ("Tilt σ", 0.1, 100.0, None, "E gets |z|²/2σ² added, so that e^−E is integrable"),
-    "ebm_batch_size": ("Batch size", 8, 4096, 8, "Data codes and negatives per update"),
-    "ebm_lr": ("Learning rate", 1e-5, 1.0, None, None),
-    "mcmc_steps": ("Langevin steps per update", 1, 500, 1, "K for the negatives"),
-    "mcmc_step_size": ("Initial step size ε", 1e-3, 5.0, None, "MALA adapts it toward the target acceptance"),
-    "target_acceptance": ("Target acceptance", 0.05, 0.95, None, None),
-    "buffer_size": ("Replay buffer", 16, 1_000_000, 16, "Persistent chains the negatives continue from"),
-    "reinit_prob": ("Restart probability", 0.0, 1.0, None, "Chance that a negative restarts from noise"),
-    "energy_reg": ("Energy regularization", 0.0, 10.0, None, "α in α(E₊² + E₋²)"),
-    "grad_clip": ("Gradient clip", 1e-3, 1e3, None, None),
-}
-GENERAL = {
-    "seed": ("Seed", 0, widgets.MAX_UI_SEED, 1, None),
-    "negatives_every": ("Show negatives every", 0, 10_000, 10, "Decode a few negatives every N iterations (0: never)"),
-}
+# the fields of each part of the form; labels, ranges and help are TrainConfig's (`spec`), defaults DEFAULTS'
+STAGE1 = ("ae_epochs", "ae_hidden_dim", "latent_dim", "ae_batch_size", "ae_lr", "ae_latent_noise", "ae_code_penalty")
+STAGE2 = ("ebm_iterations", "ebm_hidden_dim", "ebm_layers", "ebm_tilt_sigma", "ebm_batch_size", "ebm_lr", "mcmc_steps",
+          "mcmc_step_size", "target_acceptance", "buffer_size", "reinit_prob", "energy_reg", "grad_clip")
 
 
-def number_field(name: str, spec: tuple) -> float | int:
-    label, lo, hi, step, help_ = spec
+def number_field(name: str) -> float | int:
+    """A number input for TrainConfig field `name`, within the range the config declares for a form."""
+    s = spec(TrainConfig, name)
+    low, high = s.form_range
     default = getattr(DEFAULTS, name)
-    if isinstance(default, int):
-        return st.number_input(label, int(lo), int(hi), int(default), int(step or 1), key=f"t_{name}", help=help_)
-    return st.number_input(label, float(lo), float(hi), float(default), format="%g", key=f"t_{name}", help=help_,
-                           step=float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01)
+    help_ = s.help or None
+    if s.kind == "int":
+        return st.number_input(s.label, int(low), int(high), int(default), int(s.step or 1), key=f"t_{name}",
+                               help=help_)
+    return st.number_input(s.label, float(low), float(high), float(default), format="%g", key=f"t_{name}", help=help_,
+                           step=s.step or (float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01))
 
 
-def stage_fields(specs: dict, ncols: int) -> dict:
+def stage_fields(names: tuple[str, ...], ncols: int) -> dict:
     """One number field per hyperparameter of a stage, `ncols` a row (rows of columns, so that a
     phone, which stacks the columns, keeps the fields in their order)."""
     values = {}
-    items = list(specs.items())
-    for start in range(0, len(items), ncols):
-        for col, (name, spec) in zip(st.columns(ncols), items[start:start + ncols]):
+    for start in range(0, len(names), ncols):
+        for col, name in zip(st.columns(ncols), names[start:start + ncols]):
             with col:
-                values[name] = number_field(name, spec)
+                values[name] = number_field(name)
     return values
 
 
@@ -78,15 +55,16 @@ def config_fields() -> TrainConfig:
     next to Start follows every change."""
     with st.container(border=True):
         top = st.columns(4)
+        dataset = spec(TrainConfig, "dataset")
         values = {
-            "dataset": top[0].selectbox("Dataset", DATASETS, key="t_dataset",
+            "dataset": top[0].selectbox(dataset.label, dataset.choices, key="t_dataset",
                                         format_func=widgets.DATASET_LABELS.get),
             "seed": None,
         }
         with top[1]:
-            values["seed"] = number_field("seed", GENERAL["seed"])
+            values["seed"] = number_field("seed")
         with top[2]:
-            values["negatives_every"] = number_field("negatives_every", GENERAL["negatives_every"])
+            values["negatives_every"] = number_field("negatives_every")
         with top[3]:
             values["device"] = widgets.device_picker("t_device")
         # one stage under the other, four fields a row: side by side, the fields were too narrow at 1200 px
@@ -96,7 +74,8 @@ def config_fields() -> TrainConfig:
         with st.container(key="stage_2"):
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
             values.update(stage_fields(STAGE2, 4))
-            values["sampler"] = st.segmented_control("Negatives sampler", tuple(SAMPLERS), default=DEFAULTS.sampler,
+            sampler = spec(TrainConfig, "sampler")
+            values["sampler"] = st.segmented_control(sampler.label, sampler.choices, default=DEFAULTS.sampler,
                                                      key="t_sampler", required=True, format_func=str.upper)
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})

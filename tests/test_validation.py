@@ -1,11 +1,15 @@
 """The one validator module: each kind of value, and settings checked where they are made."""
 
+import argparse
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import pytest
 
-from ebm.validation import check_choice, check_float, check_int, setting, spec, validate_fields
+from ebm.models import AutoencoderConfig, EnergyConfig
+from ebm.training import TrainConfig
+from ebm.validation import Spec, argparse_type, check_choice, check_float, check_int, setting, spec, validate_fields
 
 
 @pytest.mark.parametrize("value", [True, 1.5, math.inf, math.nan, "3", None, 0, 11])
@@ -59,3 +63,51 @@ def test_spec_gives_forms_the_same_bounds_and_labels():
     assert spec(Example(), "rate").low_open
     with pytest.raises(KeyError):
         spec(Example, "nothing")
+
+
+def test_a_forms_range_defaults_to_the_settings_and_must_lie_inside_it():
+    assert spec(Example, "steps").form_range == (1, 100)
+    s = Spec("int", low=1, high=100, ui_low=2, ui_high=50)
+    assert s.form_range == (2, 50)
+    for low, high in ((0, 50), (2, 101), (60, 50)):
+        with pytest.raises(ValueError, match="a form's range"):
+            Spec("int", low=1, high=100, ui_low=low, ui_high=high)
+
+
+def test_a_flag_is_parsed_and_checked_by_its_settings_spec():
+    steps = argparse_type(spec(Example, "steps"), "steps")
+    assert steps("7") == 7
+    for text, words in (("0", r"number of steps \(steps\) must be an integer in \[1, 100\]"),
+                        ("1.5", "number of steps must be an integer, got '1.5'"), ("x", "must be an integer")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            steps(text)
+    assert argparse_type(spec(Example, "size"), "size")("None") is None  # optional: None is a value
+    assert argparse_type(spec(Example, "rate"), "rate")("1e-3") == 1e-3
+    with pytest.raises(argparse.ArgumentTypeError, match="rate must be a finite number"):
+        argparse_type(spec(Example, "rate"), "rate")("inf")
+
+
+def test_train_config_declares_every_field_once_and_is_checked_when_made():
+    for f in dataclasses.fields(TrainConfig):
+        s = spec(TrainConfig, f.name)
+        assert s.label, f.name  # the Train page and --help name it
+        default = getattr(TrainConfig(), f.name)
+        if s.kind != "choice" and default is not None:  # the form can show the default
+            low, high = s.form_range
+            assert low <= default <= high, f.name
+    with pytest.raises(ValueError, match=r"Learning rate \(ae_lr\) must be a finite number in \(0"):
+        TrainConfig(ae_lr=0.0)
+    with pytest.raises(ValueError, match=r"reinit_prob\) must be a finite number in \[0, 1\]"):
+        TrainConfig(reinit_prob=1.5)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # checked once: it cannot change afterwards
+        TrainConfig().ae_lr = -1.0
+    assert TrainConfig(latent_dim=4.0).latent_dim == 4 and type(TrainConfig(latent_dim=4.0).latent_dim) is int
+
+
+def test_model_configs_refuse_what_a_file_cannot_be_allowed_to_allocate():
+    with pytest.raises(ValueError, match=r"hidden_dim must be an integer in \[1, 4096\]"):
+        AutoencoderConfig(hidden_dim=10**6)
+    with pytest.raises(ValueError, match=r"num_layers must be an integer in \[1, 16\]"):
+        EnergyConfig(num_layers=17)
+    with pytest.raises(ValueError, match="tilt_sigma must be a finite number"):
+        EnergyConfig(tilt_sigma=0.0)
