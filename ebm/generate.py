@@ -27,13 +27,15 @@ MAX_SEED = 2**63 - 1
 class SampleSettings:
     """What defines a sample: change any of these and you get different digits. Checked when made."""
 
-    sampler: str = setting("mala", choices=tuple(SAMPLERS), label="sampler")
-    step_size: float = setting(0.5, low=0.0, low_open=True, label="step size ε")
-    num_steps: int = setting(500, low=1, high=MAX_STEPS, label="number of steps K")
-    num_chains: int = setting(64, low=1, high=MAX_CHAINS, label="number of chains")
-    record_every: int = setting(10, low=1, high=MAX_STEPS)
-    start: str = setting("noise", choices=STARTS, label="start")
-    seed: int = setting(0, low=0, high=MAX_SEED, label="seed")
+    sampler: str = setting("mala", choices=tuple(SAMPLERS), label="sampler", help="how the chains move (ebm.samplers)")
+    step_size: float = setting(0.5, low=0.0, low_open=True, label="step size ε",
+                               help="noise scale of a Langevin step; the drift is ε²/2 times the energy gradient")
+    num_steps: int = setting(500, low=1, high=MAX_STEPS, label="number of steps K", help="steps per chain")
+    num_chains: int = setting(64, low=1, high=MAX_CHAINS, label="number of chains", help="one digit per chain")
+    record_every: int = setting(10, low=1, high=MAX_STEPS, help="one animation frame per this many steps")
+    start: str = setting("noise", choices=STARTS, label="start",
+                         help="noise: codes drawn from N(0, I); data: codes of random training digits")
+    seed: int = setting(0, low=0, high=MAX_SEED, label="seed", help="same settings and seed, same digits")
     # The sampler's own parameters (`ebm.samplers.param_specs`, e.g. HMC's leapfrog_steps), given as a
     # mapping or pairs and kept as (name, value) pairs with the defaults filled in: one sampler's are
     # dropped when another is chosen. New samplers' parameters need no new field here.
