@@ -7,7 +7,7 @@ a key that says what the result depends on, and wait on the `Ticket` they get ba
 - a session wants one result at a time: a newer request from the same session cancels the
   older one, dropped from the queue or, when running, stopped at its next block of steps
   (`work` gets a `Progress`, called as `should_stop(step)` after each block, as
-  `ebm.sampling.run_chains` calls its callback); `Scheduler.current(session).cancel()` stops it on request;
+  `ebm.sampling.run_chains` calls its callback); a ticket's `cancel` stops it on request;
 - a running job may `publish` a snapshot of where it is (e.g. a sampling run's digits so far), which
   every session waiting on it reads from its ticket (`Ticket.snapshot`): one run, the same live view for all;
 - the same key asked by several sessions runs once, and the last results are kept (`cache_size`),
@@ -68,10 +68,6 @@ class Ticket:
 
     def __init__(self, scheduler: Scheduler, job: _Job, session: str):
         self._scheduler, self._job, self.session = scheduler, job, session
-
-    @property
-    def key(self) -> Hashable:
-        return self._job.key
 
     @property
     def state(self) -> str:
@@ -143,12 +139,6 @@ class Scheduler:
         if previous is not None and previous is not job:
             self._release(previous, session)
         return Ticket(self, job, session)
-
-    def current(self, session: str) -> Ticket | None:
-        """The session's job while it is queued or running, else None."""
-        with self._cond:
-            job = self._by_session.get(session)
-            return None if job is None else Ticket(self, job, session)
 
     def stats(self) -> dict[str, int]:
         """How many jobs are queued and running now, and the current capacity."""
