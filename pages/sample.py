@@ -1,9 +1,10 @@
-"""Sample: run Langevin chains on the chosen model and watch digits form."""
+"""Sample: run Langevin chains on the chosen model and watch digits form; compare the samplers."""
 
 import plotly.graph_objects as go
 import streamlit as st
 
 import widgets
+from ebm.compare import CompareSettings
 from ebm.generate import STARTS, SampleSettings
 from ebm.limits import MAX_APP_CHAINS, RequestTooLarge
 
@@ -18,11 +19,11 @@ PARAMS = [
     widgets.Param("every", "s_every", DEFAULTS.record_every, 1, 500),
     widgets.Param("start", "s_start", DEFAULTS.start, choices=STARTS),
     widgets.Param("seed", "s_seed", DEFAULTS.seed, 0, widgets.MAX_UI_SEED),
+    widgets.Param("compare", "s_compare", False, choices=(False, True)),
 ]
 P = {p.name: p for p in PARAMS}
 DATA_CODES_LIMIT = 10_000
-CHAIN_GREY = "rgba(128, 128, 128, 0.4)"  # the energy chart reads on light and dark themes alike
-MEAN_RED = "#e0303b"
+COMPARE = CompareSettings()
 
 loaded = widgets.model_picker()
 url_messages = widgets.url_to_state(PARAMS, "sample")
@@ -58,7 +59,10 @@ with output:
     try:
         settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps),
                                   num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed))
-        view = widgets.cached_sample_view(loaded, settings, data_codes)
+        view = widgets.cached_sample_view(loaded, settings, data_codes, live=True)  # frames and a Stop button meanwhile
+    except widgets.Stopped as stop:
+        widgets.stopped_sample(stop)
+        st.stop()
     except RequestTooLarge as e:
         st.warning(f"That request is too large for the app: {e}.")
         st.stop()
@@ -90,14 +94,7 @@ with output:
 # the charts span the page below the pictures and controls
 traces, accept = st.columns([3, 2])
 with traces:
-    fig = go.Figure()
-    for c in range(view.energy_traces.shape[1]):
-        fig.add_scatter(x=view.trace_steps, y=view.energy_traces[:, c], mode="lines", line=dict(width=1, color=CHAIN_GREY),
-                        name=f"chain {c}", showlegend=False)
-    fig.add_scatter(x=view.trace_steps, y=view.energy_mean, mode="lines", line=dict(width=3, color=MEAN_RED),
-                    name=f"mean of {widgets.plural(view.num_chains, 'chain')}")
-    fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=320,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
+    fig = widgets.energy_chart(view.trace_steps, view.energy_traces, view.energy_mean, view.num_chains)
     st.plotly_chart(fig, key="energy_traces")
 with accept:
     if settings.sampler == "mala":
@@ -110,4 +107,14 @@ with accept:
     else:
         st.metric("Acceptance", "100%", help="ULA takes every step; switch to MALA to see the Metropolis test at work")
         st.caption("ULA is biased for finite ε: large steps blur the landscape. MALA corrects this exactly.")
+
+st.subheader("Compare the samplers")
+st.caption(f"Every sampler from the same {COMPARE.num_chains} noise starts and seed, {COMPARE.num_steps} steps at this "
+           f"step size ε, the first {COMPARE.burn_in} dropped: how well each mixes (the effective sample size of its "
+           "worst latent dim, per second) and how close it gets to the exact marginals, which the grid quadrature "
+           "gives (the Wasserstein-1 distance of each dim).")
+if st.toggle("Run every sampler", key="s_compare", persist_state="session",
+             help="Runs every sampler for a few seconds; the result is kept for these settings"):
+    widgets.comparison_view(widgets.cached_comparison(loaded, CompareSettings(step_size=settings.step_size,
+                                                                              seed=settings.seed)))
 st.caption("The URL holds these settings: copy it to share this exact sample.")
