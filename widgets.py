@@ -43,7 +43,7 @@ from ebm.limits import check_app_architecture, check_request_size, energy_step_m
 from ebm.models import LatentEBM
 from ebm.render import BirthSettings, BirthView, LiveFrame, SampleView, birth_view, sample_view
 from ebm.sampling import SAMPLERS
-from ebm.scheduler import QUEUED, Progress, Scheduler, Work
+from ebm.scheduler import QUEUED, Progress, Scheduler, Ticket, Work
 from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads
 
 try:  # what Streamlit raises in a script thread whose session asked for a rerun
@@ -496,7 +496,6 @@ class Stopped(Exception):
         self.snapshot = snapshot
 
 
-STOP_REQUEST = "_stop_request"  # session state: the key whose run the Stop button asked to end
 STOPPED = "_stopped"  # session state: (key, last snapshot) of the run that was stopped
 
 
@@ -516,19 +515,15 @@ def scheduled(key: tuple, work: Work, total: int, what: str, live: Callable[[Any
         if st.session_state[STOPPED][0] == key:
             raise Stopped(st.session_state[STOPPED][1])  # a rerun of the stopped page: nothing runs until Run again
         del st.session_state[STOPPED]  # other settings: a stop is forgotten once they change
-    ticket = scheduler().submit(key, session_id(), work, total)  # a running job is joined, not restarted
-    if live is not None and st.session_state.pop(STOP_REQUEST, None) == key and not ticket.wait(0):
-        st.session_state[STOPPED] = (key, ticket.snapshot)
-        ticket.cancel()  # the job goes on while another session waits on it
-        raise Stopped(ticket.snapshot)
+    ticket = scheduler().submit(key, session_id(), work, total)
     if ticket.wait(0.2):
         return ticket.result()
     status = st.empty()
     frame = st.empty()
     stop = st.empty()
     if live is not None:
-        stop.button("Stop", key="live_stop", icon=":material/stop_circle:", on_click=_request_stop, args=(key,),
-                    help="Stop these chains here; their last picture stays")
+        stop.button("Stop", key="live_stop", icon=":material/stop_circle:", on_click=stop_run,
+                    args=(st.session_state, key, ticket), help="Stop these chains here; their last picture stays")
     drawn = None
     try:
         while not ticket.wait(0.25):  # every update also lets Streamlit stop or rerun this script
@@ -555,8 +550,13 @@ def scheduled(key: tuple, work: Work, total: int, what: str, live: Callable[[Any
         stop.empty()
 
 
-def _request_stop(key: tuple) -> None:
-    st.session_state[STOP_REQUEST] = key
+def stop_run(state: Any, key: tuple, ticket: Ticket) -> None:
+    """The Stop button's on_click, so it acts before the page runs again: end this session's claim on the job
+    (it goes on while another session waits on it) and keep, in session `state`, where it got to. A job that
+    has finished meanwhile is left alone: its result shows."""
+    if not ticket.wait(0):
+        state[STOPPED] = (key, ticket.snapshot)
+        ticket.cancel()
 
 
 def run_again() -> None:
@@ -632,14 +632,31 @@ def energy_chart(steps: np.ndarray, traces: np.ndarray, mean: np.ndarray, num_ch
 
 def live_sample(frame: LiveFrame, now: str = "Live") -> None:
     """A running sample: its shown chains' digits at `frame.steps_done`, and the energies so far. Laid out like the
-    finished view's pictures, so the final one takes its place without a jump."""
+    finished view's pictures, so the final one takes its place without a jump.
+
+    The energy chart is Vega-Lite, not Plotly like the finished one: Streamlit remounts a Plotly chart whenever its
+    figure changes (its element id hashes the figure), and a remount every frame would keep it blank on a slow
+    browser, while a Vega-Lite chart without selections keeps its place and takes the new data.
+    """
     digits, energy = st.columns(2)
     shown = plural(frame.shown, "chain") if frame.shown == frame.num_chains else f"the first {frame.shown} chains"
     digits.image(frame.png, caption=f"{now}: {shown} at step {frame.steps_done:,} of {frame.num_steps:,}",
                  width="stretch", output_format="PNG")
-    fig = energy_chart(frame.trace_steps, frame.energy_traces, frame.energy_mean, frame.num_chains)
-    fig.update_xaxes(range=[0, frame.num_steps])  # the traces grow across a fixed axis
-    energy.plotly_chart(fig)
+    n = frame.energy_traces.shape[1]
+    chains, mean = f"first {plural(n, 'chain')}", f"mean of {plural(frame.num_chains, 'chain')}"
+    series = np.repeat(np.arange(n + 1), len(frame.trace_steps))  # the chains', then the mean's points
+    data = {"step": np.tile(frame.trace_steps, n + 1), "series": series, "line": np.where(series < n, chains, mean),
+            "energy": np.concatenate([frame.energy_traces.T.ravel(), frame.energy_mean])}
+    line = {"field": "line", "type": "nominal", "title": None, "legend": {"orient": "bottom", "direction": "horizontal"},
+            "scale": {"domain": [chains, mean], "range": [CHAIN_GREY, MEAN_RED]}}
+    energy.vega_lite_chart(data, {
+        "title": {"text": "Energy per chain", "anchor": "start"}, "height": 300,
+        "encoding": {"x": {"field": "step", "type": "quantitative", "scale": {"domain": [0, frame.num_steps]}},
+                     "y": {"field": "energy", "type": "quantitative", "title": "E(z)"},
+                     "detail": {"field": "series"}, "color": line},
+        "layer": [{"mark": {"type": "line", "strokeWidth": width}, "transform": [{"filter": {"field": "line", "equal": name}}]}
+                  for name, width in ((chains, 1), (mean, 3))],  # the mean on top
+    })
 
 
 def stopped_sample(stop: Stopped) -> None:
@@ -679,8 +696,8 @@ def comparison_view(comparison: Comparison) -> None:
             for score in comparison.scores:
                 fig.add_scatter(x=comparison.grid, y=score.histogram[k], mode="lines", line_shape="hvh",
                                 name=f"{score.sampler.upper()} (W1 {score.w1[k]:.3f})")
-            fig.update_layout(title=f"Marginal of z{k}", xaxis_title=f"z{k}", height=300,
-                              margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+            fig.update_layout(title=f"Marginal of z{k}", height=300, margin=dict(l=10, r=10, t=40, b=10),
+                              legend=dict(orientation="h", y=-0.15))
             column.plotly_chart(fig, key=f"compare_marginal_{k}")
 
 

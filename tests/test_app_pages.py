@@ -112,9 +112,9 @@ def test_the_readable_subset_is_an_8_by_8_grid_of_the_first_chains():
 # ---- sample: live chains, Stop, and the samplers compared ----------------------------------------------
 def test_a_stopped_sample_shows_where_it_got_and_runs_again():
     """Another visitor's run of these settings is under way, caught after its first block; this session asks
-    for the same and presses Stop (AppTest cannot click mid-run, so the test sets what the button's on_click
-    sets; tests/test_browser_sample.py clicks the real one). This session then shows the last live frame, while
-    the run goes on for the other visitor; Run again shows the finished digits."""
+    for the same and presses Stop. AppTest cannot click mid-run, so the test joins the run for this session
+    and calls what the button's on_click calls (tests/test_browser_sample.py clicks the real one). The page
+    then shows the last live frame while the run goes on for the other visitor; Run again shows the digits."""
     at = open_page("pages/sample.py", {"chains": "16", "K": "5"})
     settings = SampleSettings(num_chains=16, num_steps=300, seed=77)
     loaded = widgets.shipped_model()
@@ -128,16 +128,18 @@ def test_a_stopped_sample_shows_where_it_got_and_runs_again():
 
         return sample_view(loaded.model, settings, None, progress, publish, live_interval=0)
 
-    other = widgets.scheduler().submit(widgets.sample_key(loaded, settings), "other visitor", work, settings.num_steps)
+    key = widgets.sample_key(loaded, settings)
+    other = widgets.scheduler().submit(key, "other visitor", work, settings.num_steps)
     try:
         assert first_frame.wait(60)
-        at.session_state[widgets.STOP_REQUEST] = widgets.sample_key(loaded, settings)
+        mine = widgets.scheduler().submit(key, at.session_state["session_owner"], work, settings.num_steps)
+        widgets.stop_run(at.session_state, key, mine)
         at.slider(key="s_steps").set_value(300)
         at.number_input(key="s_seed").set_value(77).run()
         assert not at.exception, [e.value for e in at.exception]
         assert any("Stopped at step 64 of 300" in plain(i.value) for i in at.info)
         assert image_captions(at) == ["Stopped: 16 chains at step 64 of 300"]
-        assert not at.get("progress") and other.state == RUNNING  # the other visitor's run goes on
+        assert not at.get("progress") and mine.state == other.state == RUNNING  # it goes on for the other visitor
         at.number_input(key="s_seed").set_value(77).run()  # a rerun with the same settings stays stopped
         assert image_captions(at) == ["Stopped: 16 chains at step 64 of 300"]
     finally:
