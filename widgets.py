@@ -647,14 +647,15 @@ def live_sample(frame: LiveFrame, now: str = "Live") -> None:
     series = np.repeat(np.arange(n + 1), len(frame.trace_steps))  # the chains', then the mean's points
     data = {"step": np.tile(frame.trace_steps, n + 1), "series": series, "line": np.where(series < n, chains, mean),
             "energy": np.concatenate([frame.energy_traces.T.ravel(), frame.energy_mean])}
-    line = {"field": "line", "type": "nominal", "title": None, "legend": {"orient": "bottom", "direction": "horizontal"},
+    line = {"field": "line", "type": "nominal", "legend": None,  # the subtitle says which is which
             "scale": {"domain": [chains, mean], "range": [CHAIN_GREY, MEAN_RED]}}
-    energy.vega_lite_chart(data, {
-        "title": {"text": "Energy per chain", "anchor": "start"}, "height": 300,
+    energy.vega_lite_chart(data, height=320, spec={
+        "title": {"text": "Energy per chain", "anchor": "start", "subtitle": f"grey: {n} chains, red: the mean"},
         "encoding": {"x": {"field": "step", "type": "quantitative", "scale": {"domain": [0, frame.num_steps]}},
                      "y": {"field": "energy", "type": "quantitative", "title": "E(z)"},
                      "detail": {"field": "series"}, "color": line},
-        "layer": [{"mark": {"type": "line", "strokeWidth": width}, "transform": [{"filter": {"field": "line", "equal": name}}]}
+        "layer": [{"mark": {"type": "line", "strokeWidth": width},
+                   "transform": [{"filter": {"field": "line", "equal": name}}]}
                   for name, width in ((chains, 1), (mean, 3))],  # the mean on top
     })
 
@@ -678,9 +679,9 @@ def comparison_view(comparison: Comparison) -> None:
     w1_help = "Wasserstein-1 distance of this dim's draws to its exact marginal: ∫ |F_draws − F_exact| dz"
     st.dataframe(rows, hide_index=True, key="compare_table", column_config={
         "sampler": st.column_config.TextColumn("Sampler"),
-        "min ESS": number("min ESS", format="%.0f", help="Effective sample size of the worst dim (bulk ESS, arviz-stats)"),
+        "min ESS": number("min ESS", format="%.0f", help="Effective sample size of the worst dim (bulk, arviz-stats)"),
         "ESS / s": number("ESS / s", format="%.0f", help="min ESS per second of sampling"),
-        "max R-hat": number("max R-hat", format="%.3f", help="Rank R-hat of the worst dim: near 1 when the chains agree"),
+        "max R-hat": number("max R-hat", format="%.3f", help="Rank R-hat of the worst dim: near 1 if the chains agree"),
         "acceptance": number("Acceptance", format="percent"),
         "seconds": number("Seconds", format="%.2f", help="Wall clock of the chains"),
         **{c: number(c, format="%.3f", help=w1_help) for c in rows[0] if c.startswith("W1 z")},
