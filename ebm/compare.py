@@ -138,7 +138,8 @@ def compare_samplers(model: LatentEBM, marginals: Marginals, settings: CompareSe
     """
     d = model.latent_dim
     if marginals.log_density.shape[0] != d:
-        raise ValueError(f"the marginals have {marginals.log_density.shape[0]} dims; the model's latent dimension is {d}")
+        raise ValueError(f"the marginals have {marginals.log_density.shape[0]} dims; "
+                         f"the model's latent dimension is {d}")
     sync_torch_threads()  # a scheduler's worker thread, often
     scores = []
     for i, name in enumerate(SAMPLERS):
@@ -147,12 +148,13 @@ def compare_samplers(model: LatentEBM, marginals: Marginals, settings: CompareSe
         def callback(done: int, offset: int = offset) -> bool:
             return should_stop is not None and should_stop(offset + done)
 
-        sample_chains(model, replace(settings.sample_settings(name), num_steps=1))  # warm-up: a kernel's first call loads it
+        sample_chains(model, replace(settings.sample_settings(name), num_steps=1))  # a kernel's first call loads it
         start = time.perf_counter()
         result = sample_chains(model, settings.sample_settings(name), callback=callback)
         seconds = time.perf_counter() - start
         if result.energies.shape[0] < settings.num_steps:
-            raise Cancelled(f"the comparison stopped in {name} at step {result.energies.shape[0]} of {settings.num_steps}")
+            raise Cancelled(f"the comparison stopped in {name} at step {result.energies.shape[0]} "
+                            f"of {settings.num_steps}")
         scores.append(score(name, result, seconds, marginals, settings.burn_in))
     return Comparison(settings, marginals.grid.copy(), marginals.density, tuple(scores))
 
