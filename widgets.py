@@ -22,25 +22,28 @@ import math
 import random
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 import torch
 
 from ebm import jobs, runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
+from ebm.compare import CompareSettings, Comparison, compare_samplers, table as compare_table
 from ebm.data import DatasetError, default_data_dir, load_binarized
 from ebm.generate import SampleSettings, sampling_problem
 from ebm.images import image_grid
 from ebm.landscape import Marginals, grid_resolution, marginal_densities
 from ebm.limits import check_app_architecture, check_request_size, energy_step_macs
 from ebm.models import LatentEBM
-from ebm.render import BirthSettings, BirthView, SampleView, birth_view, sample_view
-from ebm.scheduler import QUEUED, Scheduler, Work
+from ebm.render import BirthSettings, BirthView, LiveFrame, SampleView, birth_view, sample_view
+from ebm.samplers import SAMPLERS
+from ebm.scheduler import QUEUED, Progress, Scheduler, Ticket, Work
 from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads
 
 try:  # what Streamlit raises in a script thread whose session asked for a rerun
@@ -485,25 +488,56 @@ def scheduler() -> Scheduler:
     return Scheduler(capacity=lambda: serving_slots() - jobs.trainings_running())
 
 
-def scheduled(key: tuple, work: Work, total: int, what: str) -> Any:
+class Stopped(Exception):
+    """The visitor pressed Stop: `snapshot` is the last live view of the run (None if it had shown none)."""
+
+    def __init__(self, snapshot: Any = None):
+        super().__init__("stopped")
+        self.snapshot = snapshot
+
+
+STOPPED = "_stopped"  # session state: (key, last snapshot) of the run that was stopped
+
+
+def scheduled(key: tuple, work: Work, total: int, what: str, live: Callable[[Any], None] | None = None) -> Any:
     """Run `work` through the scheduler for this session and return its result.
 
     While it waits, the page says how many requests are ahead; while it runs (past a moment),
     how far it is. A rerun (the user moved a slider) leaves the job to the next run, which
     takes it over or replaces it; anything else ending this run (the session closed) cancels it.
+
+    With `live`, each new snapshot that the running job publishes is drawn by `live(snapshot)`
+    (every session waiting on a shared job sees the same ones), and a Stop button ends this
+    session's claim on it: `Stopped` is raised then, and on later runs for the same key, until
+    `run_again` or a run for another key.
     """
+    if live is not None and STOPPED in st.session_state:
+        if st.session_state[STOPPED][0] == key:
+            raise Stopped(st.session_state[STOPPED][1])  # a rerun of the stopped page: nothing runs until Run again
+        del st.session_state[STOPPED]  # other settings: a stop is forgotten once they change
     ticket = scheduler().submit(key, session_id(), work, total)
     if ticket.wait(0.2):
         return ticket.result()
     status = st.empty()
+    frame = st.empty()
+    stop = st.empty()
+    if live is not None:
+        stop.button("Stop", key="live_stop", icon=":material/stop_circle:", on_click=stop_run,
+                    args=(st.session_state, key, ticket), help="Stop these chains here; their last picture stays")
+    drawn = None
     try:
         while not ticket.wait(0.25):  # every update also lets Streamlit stop or rerun this script
             if ticket.state == QUEUED:
                 slots = scheduler().stats()["capacity"]
                 status.info(f"Queued, {ticket.ahead} ahead: this server runs {slots} request{'s' * (slots != 1)} "
                             "at a time, in the order they came", icon=":material/hourglass_top:")
-            else:
-                status.progress(ticket.progress, text=f"{what}: {ticket.progress:.0%}")
+                continue
+            status.progress(ticket.progress, text=f"{what}: {ticket.progress:.0%}")
+            snapshot = ticket.snapshot
+            if live is not None and snapshot is not None and snapshot is not drawn:
+                with frame.container():
+                    live(snapshot)
+                drawn = snapshot
         return ticket.result()
     except RerunException:
         raise
@@ -512,19 +546,47 @@ def scheduled(key: tuple, work: Work, total: int, what: str) -> Any:
         raise
     finally:
         status.empty()
+        frame.empty()
+        stop.empty()
 
 
-def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes: torch.Tensor | None = None) -> SampleView:
+def stop_run(state: Any, key: tuple, ticket: Ticket) -> None:
+    """The Stop button's on_click, so it acts before the page runs again: end this session's claim on the job
+    (it goes on while another session waits on it) and keep, in session `state`, where it got to. A job that
+    has finished meanwhile is left alone: its result shows."""
+    if not ticket.wait(0):
+        state[STOPPED] = (key, ticket.snapshot)
+        ticket.cancel()
+
+
+def run_again() -> None:
+    """Forget a stopped run, so that its settings run again (a button's on_click)."""
+    st.session_state.pop(STOPPED, None)
+
+
+def sample_key(loaded: LoadedModel, settings: SampleSettings, data_codes: torch.Tensor | None = None) -> tuple:
+    """What a sampling request's result depends on: the scheduler's key for it."""
+    from_data = settings.start == "data" and data_codes is not None
+    data_key = str(default_data_dir().resolve()) if from_data else None  # the start codes come from there
+    return ("sample", loaded.key, tuple(sorted(settings.as_dict().items())), data_key)
+
+
+def cached_sample_view(loaded: LoadedModel, settings: SampleSettings, data_codes: torch.Tensor | None = None,
+                       live: bool = False) -> SampleView:
     """Run (or fetch from the scheduler's cache) a sampling request, showing its place in the queue.
 
+    `live`: show the chains as they go (`live_sample`) with a Stop button; raises `Stopped` when stopped.
     Raises `ebm.limits.RequestTooLarge` / ValueError for requests that cannot run.
     """
     s = settings
-    check_request_size(s.num_chains, s.num_steps, energy_step_macs(loaded.model.energy.config))  # refused before it is queued
+    # refused before it is queued; a step costs as many gradients as the sampler takes (HMC: L)
+    check_request_size(s.num_chains, s.num_steps, energy_step_macs(loaded.model.energy.config) * s.gradients_per_step())
     codes = data_codes if s.start == "data" else None
-    data_key = str(default_data_dir().resolve()) if codes is not None else None  # the start codes come from there
-    key = ("sample", loaded.key, tuple(sorted(s.as_dict().items())), data_key)
-    return scheduled(key, lambda should_stop: sample_view(loaded.model, s, codes, should_stop), s.num_steps, "Sampling")
+
+    def work(progress: Progress) -> SampleView:
+        return sample_view(loaded.model, s, codes, progress, progress.publish)
+
+    return scheduled(sample_key(loaded, s, codes), work, s.num_steps, "Sampling", live=live_sample if live else None)
 
 
 def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
@@ -534,10 +596,111 @@ def cached_marginals(loaded: LoadedModel, extent: float = 5.0) -> Marginals:
                      grid_resolution(loaded.model.latent_dim), "Integrating exp(-E) over the grid")
 
 
+def cached_comparison(loaded: LoadedModel, settings: CompareSettings) -> Comparison:
+    """Every sampler scored against the exact marginals (`ebm.compare`), through the scheduler like any heavy work."""
+    marginals = cached_marginals(loaded)
+    return scheduled(("compare", loaded.key, settings, marginals.extent, marginals.resolution),
+                     lambda should_stop: compare_samplers(loaded.model, marginals, settings, should_stop),
+                     len(SAMPLERS) * settings.num_steps, "Running every sampler")
+
+
 def cached_birth_view(loaded: LoadedModel, settings: BirthSettings = BirthSettings()) -> BirthView:
     """The Home page's animation of chains settling into digits, made once per model through the scheduler."""
     return scheduled(("birth", loaded.key, settings), lambda should_stop: birth_view(loaded.model, settings, should_stop),
                      settings.num_steps, "Letting the chains settle")
+
+
+# ---- sampling views -------------------------------------------------------------------------------
+CHAIN_GREY = "rgba(128, 128, 128, 0.4)"  # the energy chart reads on light and dark themes alike
+MEAN_RED = "#e0303b"
+
+
+def energy_chart(steps: np.ndarray, traces: np.ndarray, mean: np.ndarray, num_chains: int, height: int = 320):
+    """Energy per chain (grey, the first chains, drawn as one trace with gaps: cheap to redraw live) and the mean
+    over all `num_chains` (red), against the step."""
+    gaps = np.full((1, traces.shape[1]), np.nan)
+    xs = np.concatenate([np.broadcast_to(np.asarray(steps, dtype=float)[:, None], traces.shape), gaps]).T.ravel()
+    ys = np.concatenate([traces, gaps]).T.ravel()
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=ys, mode="lines", line=dict(width=1, color=CHAIN_GREY), connectgaps=False,
+                    name=f"first {plural(traces.shape[1], 'chain')}", showlegend=False)
+    fig.add_scatter(x=steps, y=mean, mode="lines", line=dict(width=3, color=MEAN_RED),
+                    name=f"mean of {plural(num_chains, 'chain')}")
+    fig.update_layout(title="Energy per chain", xaxis_title="step", yaxis_title="E(z)", height=height,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(x=1, xanchor="right", y=1))
+    return fig
+
+
+def live_sample(frame: LiveFrame, now: str = "Live") -> None:
+    """A running sample: its shown chains' digits at `frame.steps_done`, and the energies so far. Laid out like the
+    finished view's pictures, so the final one takes its place without a jump.
+
+    The energy chart is Vega-Lite, not Plotly like the finished one: Streamlit remounts a Plotly chart whenever its
+    figure changes (its element id hashes the figure), and a remount every frame would keep it blank on a slow
+    browser, while a Vega-Lite chart without selections keeps its place and takes the new data.
+    """
+    digits, energy = st.columns(2)
+    shown = plural(frame.shown, "chain") if frame.shown == frame.num_chains else f"the first {frame.shown} chains"
+    digits.image(frame.png, caption=f"{now}: {shown} at step {frame.steps_done:,} of {frame.num_steps:,}",
+                 width="stretch", output_format="PNG")
+    n = frame.energy_traces.shape[1]
+    chains, mean = f"first {plural(n, 'chain')}", f"mean of {plural(frame.num_chains, 'chain')}"
+    series = np.repeat(np.arange(n + 1), len(frame.trace_steps))  # the chains', then the mean's points
+    data = {"step": np.tile(frame.trace_steps, n + 1), "series": series, "line": np.where(series < n, chains, mean),
+            "energy": np.concatenate([frame.energy_traces.T.ravel(), frame.energy_mean])}
+    line = {"field": "line", "type": "nominal", "legend": None,  # the subtitle says which is which
+            "scale": {"domain": [chains, mean], "range": [CHAIN_GREY, MEAN_RED]}}
+    energy.vega_lite_chart(data, height=320, spec={
+        "title": {"text": "Energy per chain", "anchor": "start", "subtitle": f"grey: {n} chains, red: the mean"},
+        "encoding": {"x": {"field": "step", "type": "quantitative", "scale": {"domain": [0, frame.num_steps]}},
+                     "y": {"field": "energy", "type": "quantitative", "title": "E(z)"},
+                     "detail": {"field": "series"}, "color": line},
+        "layer": [{"mark": {"type": "line", "strokeWidth": width},
+                   "transform": [{"filter": {"field": "line", "equal": name}}]}
+                  for name, width in ((chains, 1), (mean, 3))],  # the mean on top
+    })
+
+
+def stopped_sample(stop: Stopped) -> None:
+    """Where a stopped sample got to, with a button to run it again."""
+    frame = stop.snapshot
+    where = f" at step {frame.steps_done:,} of {frame.num_steps:,}" if frame is not None else ""
+    with st.container(horizontal=True, vertical_alignment="center"):
+        st.info(f"Stopped{where}. Change a setting, or run these settings again.", icon=":material/stop_circle:",
+                width="stretch")
+        st.button("Run again", icon=":material/play_arrow:", on_click=run_again, key="live_run_again")
+    if frame is not None:
+        live_sample(frame, now="Stopped")
+
+
+def comparison_view(comparison: Comparison) -> None:
+    """The samplers' scores as a table, and each dim's exact marginal with every sampler's histogram over it."""
+    rows = compare_table(comparison)
+    number = st.column_config.NumberColumn
+    w1_help = "Wasserstein-1 distance of this dim's draws to its exact marginal: ∫ |F_draws − F_exact| dz"
+    st.dataframe(rows, hide_index=True, key="compare_table", column_config={
+        "sampler": st.column_config.TextColumn("Sampler"),
+        "min ESS": number("min ESS", format="%.0f", help="Effective sample size of the worst dim (bulk, arviz-stats)"),
+        "ESS / s": number("ESS / s", format="%.0f", help="min ESS per second of sampling"),
+        "max R-hat": number("max R-hat", format="%.3f", help="Rank R-hat of the worst dim: near 1 if the chains agree"),
+        "acceptance": number("Acceptance", format="percent"),
+        "seconds": number("Seconds", format="%.2f", help="Wall clock of the chains"),
+        **{c: number(c, format="%.3f", help=w1_help) for c in rows[0] if c.startswith("W1 z")},
+        "W1 noise floor": number("W1 noise floor", format="%.3f", help="What as many exact draws as the ESS would "
+                                 "give (largest over dims): a W1 well above it is the sampler's bias"),
+    })
+    d = len(comparison.exact)
+    for first in range(0, d, 4):
+        for k, column in zip(range(first, min(d, first + 4)), st.columns(4)):
+            fig = go.Figure()
+            fig.add_scatter(x=comparison.grid, y=comparison.exact[k], mode="lines", name="exact", fill="tozeroy",
+                            line=dict(color=CHAIN_GREY, width=0), fillcolor=CHAIN_GREY)
+            for score in comparison.scores:
+                fig.add_scatter(x=comparison.grid, y=score.histogram[k], mode="lines", line_shape="hvh",
+                                name=f"{score.sampler.upper()} (W1 {score.w1[k]:.3f})")
+            fig.update_layout(title=f"Marginal of z{k}", height=300, margin=dict(l=10, r=10, t=40, b=10),
+                              legend=dict(orientation="h", y=-0.15))
+            column.plotly_chart(fig, key=f"compare_marginal_{k}")
 
 
 # ---- pictures -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .samplers import (MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, build_sampler, gradients_per_step, run_chains,
-                       sampler_params)
+from .samplers import (MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, ChainState, SamplingAlgorithm, Traces,
+                       build_sampler, gradients_per_step, run_chains, sampler_params)
 from .validation import setting, validate_fields
 
 STARTS = ("noise", "data")
@@ -70,13 +70,31 @@ def sample_chains(
     settings: SampleSettings,
     data_codes: torch.Tensor | None = None,
     callback: Callable[[int], bool | None] | None = None,
+    watch: Callable[[ChainState, Traces], None] | None = None,
 ) -> ChainResult:
-    """Run the configured chains on the model's energy; deterministic for a given seed."""
+    """Run the configured chains on the model's energy; deterministic for a given seed.
+
+    `callback` is `run_chains`'s; `watch(state, traces)` sees each block's last state and traces as it ends
+    (a live view), before `callback`, and draws no random numbers, so the chains are the same with or without it.
+    """
     generator = torch.Generator().manual_seed(int(settings.seed))
     start = initial_codes(settings, model.latent_dim, generator, data_codes)
     sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator,
                             **dict(settings.sampler_params))
+    if watch is not None:
+        sampler = watched(sampler, watch)
     return run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every, callback)
+
+
+def watched(sampler: SamplingAlgorithm, watch: Callable[[ChainState, Traces], None]) -> SamplingAlgorithm:
+    """The same sampler, with `watch(state, traces)` called after each block of `steps`."""
+
+    def steps(state: ChainState, n: int) -> tuple[ChainState, Traces]:
+        state, traces = sampler.steps(state, n)
+        watch(state, traces)
+        return state, traces
+
+    return sampler._replace(steps=steps)
 
 
 @torch.no_grad()

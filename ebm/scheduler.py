@@ -6,7 +6,10 @@ a key that says what the result depends on, and wait on the `Ticket` they get ba
   the others wait in FIFO order, and a ticket says how many jobs are ahead of it;
 - a session wants one result at a time: a newer request from the same session cancels the
   older one, dropped from the queue or, when running, stopped at its next block of steps
-  (`work` gets a `should_stop(step)` callback, which `ebm.samplers.run_chains` calls per block);
+  (`work` gets a `Progress`, called as `should_stop(step)` after each block, as
+  `ebm.samplers.run_chains` calls its callback); a ticket's `cancel` stops it on request;
+- a running job may `publish` a snapshot of where it is (e.g. a sampling run's digits so far), which
+  every session waiting on it reads from its ticket (`Ticket.snapshot`): one run, the same live view for all;
 - the same key asked by several sessions runs once, and the last results are kept (`cache_size`),
   so the page that everyone opens first costs one run.
 
@@ -22,8 +25,8 @@ from typing import Any
 
 from .threads import sync_torch_threads, usable_cores
 
-Work = Callable[[Callable[[int], bool]], Any]
-"""work(should_stop) -> result; `should_stop(steps_done)` records progress and says whether to give up."""
+Work = Callable[["Progress"], Any]
+"""work(progress) -> result; `progress(steps_done)` records progress and says whether to give up."""
 
 QUEUED, RUNNING, DONE, CANCELLED, FAILED = "queued", "running", "done", "cancelled", "failed"
 
@@ -38,13 +41,26 @@ class _Job:
         self.state = QUEUED
         self.steps_done = 0
         self.sessions: set[str] = set()
+        self.snapshot: Any = None
         self.value: Any = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
 
-    def should_stop(self, steps_done: int) -> bool:  # called by the work, in the worker thread
-        self.steps_done = steps_done
-        return self.state == CANCELLED
+
+class Progress:
+    """What a job's work sees of it, in the worker thread: call it after each block of steps (it returns
+    True once nobody wants the result: stop then), and `publish` what a watcher may show meanwhile."""
+
+    def __init__(self, job: _Job):
+        self._job = job
+
+    def __call__(self, steps_done: int) -> bool:
+        self._job.steps_done = steps_done
+        return self._job.state == CANCELLED
+
+    def publish(self, snapshot: Any) -> None:
+        """The latest view of the running work: replaces the previous one (one reference swap, no lock)."""
+        self._job.snapshot = snapshot
 
 
 class Ticket:
@@ -66,6 +82,11 @@ class Ticket:
     def progress(self) -> float:
         """Fraction of the job's steps done, in [0, 1]."""
         return min(1.0, self._job.steps_done / self._job.total) if self._job.total else 0.0
+
+    @property
+    def snapshot(self) -> Any:
+        """What the running work last published (None before its first, or for work that publishes nothing)."""
+        return self._job.snapshot
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has ended or `timeout` seconds have passed; True if it has ended."""
@@ -167,13 +188,14 @@ class Scheduler:
                 self._running.append(job)
             value, error = None, None
             try:
-                value = job.work(job.should_stop)
+                value = job.work(Progress(job))
             except Exception as e:  # noqa: BLE001 -- handed to whoever waits on the job
                 error = e
             with self._cond:
                 self._running.remove(job)
                 if self._by_key.get(job.key) is job:  # a cancelled job's key may already name a newer job
                     del self._by_key[job.key]
+                job.snapshot = None  # kept results stay small; their waiters read the result
                 if job.state != CANCELLED:
                     job.value, job.error = value, error
                     job.state = FAILED if error is not None else DONE

@@ -7,6 +7,7 @@ AppTest with the shipped weights, as in test_app.py (whose fixtures and helpers 
 import ast
 import io
 from pathlib import Path
+import threading
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
 from ebm.generate import SampleSettings, decode_binary
 from ebm.images import image_grid
 from ebm.render import sample_view
+from ebm.samplers import SAMPLERS
+from ebm.scheduler import RUNNING
 
 from test_app import APP, environment, image_captions, open_page, plain, plotly_spec, tiny_mnist  # noqa: F401 (fixtures)
 
@@ -111,6 +114,68 @@ def test_the_readable_subset_is_an_8_by_8_grid_of_the_first_chains():
     assert picture.shape == ((8 * 30 + 2) * 2,) * 2  # 8 x 8 cells of 28 px and 2 px padding, at scale 2
     first = decode_binary(model, torch.as_tensor(view.final_codes[:64]))
     assert np.array_equal(picture, image_grid(first, ncols=8, scale=2))
+
+
+# ---- sample: live chains, Stop, and the samplers compared ----------------------------------------------
+def test_a_stopped_sample_shows_where_it_got_and_runs_again():
+    """Another visitor's run of these settings is under way, caught after its first block; this session asks
+    for the same and presses Stop. AppTest cannot click mid-run, so the test joins the run for this session
+    and calls what the button's on_click calls (tests/test_browser_sample.py clicks the real one). The page
+    then shows the last live frame while the run goes on for the other visitor; Run again shows the digits."""
+    at = open_page("pages/sample.py", {"chains": "16", "K": "5"})
+    settings = SampleSettings(num_chains=16, num_steps=300, seed=77)
+    loaded = widgets.shipped_model()
+    first_frame, go_on = threading.Event(), threading.Event()
+
+    def work(progress):
+        def publish(frame):
+            progress.publish(frame)
+            first_frame.set()
+            assert go_on.wait(60)
+
+        return sample_view(loaded.model, settings, None, progress, publish, live_interval=0)
+
+    key = widgets.sample_key(loaded, settings)
+    other = widgets.scheduler().submit(key, "other visitor", work, settings.num_steps)
+    try:
+        assert first_frame.wait(60)
+        mine = widgets.scheduler().submit(key, at.session_state["session_owner"], work, settings.num_steps)
+        widgets.stop_run(at.session_state, key, mine)
+        at.slider(key="s_steps").set_value(300)
+        at.number_input(key="s_seed").set_value(77).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert any("Stopped at step 64 of 300" in plain(i.value) for i in at.info)
+        assert image_captions(at) == ["Stopped: 16 chains at step 64 of 300"]
+        assert not at.get("progress") and mine.state == other.state == RUNNING  # it goes on for the other visitor
+        at.number_input(key="s_seed").set_value(77).run()  # a rerun with the same settings stays stopped
+        assert image_captions(at) == ["Stopped: 16 chains at step 64 of 300"]
+    finally:
+        go_on.set()
+    assert other.result().steps_done == 300
+    at.button(key="live_run_again").click().run()
+    assert not at.exception and "16 samples after step 300" in image_captions(at)
+
+
+def test_the_samplers_are_compared_on_the_sample_page():
+    at = open_page("pages/sample.py", {"K": "5", "compare": "true", "eps": "0.8", "seed": "4"})
+    [table] = at.dataframe
+    assert table.value["sampler"].tolist() == [name.upper() for name in SAMPLERS]
+    assert {"min ESS", "ESS / s", "max R-hat", "W1 z0", "W1 z3", "W1 noise floor"} <= set(table.value.columns)
+    charts = [plotly_spec(at, f"compare_marginal_{k}") for k in range(4)]
+    assert [len(c["data"]) for c in charts] == [1 + len(SAMPLERS)] * 4  # the exact marginal and one per sampler
+    assert at.query_params["compare"] == "True"
+    at.toggle(key="s_compare").set_value(False).run()
+    assert not at.exception and not at.dataframe and at.query_params["compare"] == "False"
+
+
+def test_the_comparison_follows_the_step_size_and_seed_and_is_kept():
+    at = open_page("pages/sample.py", {"K": "5", "compare": "true", "eps": "0.8", "seed": "4"})
+    before = at.dataframe[0].value
+    at.slider(key="s_eps").set_value(0.3).run()
+    after = at.dataframe[0].value
+    assert after["min ESS"].tolist() != before["min ESS"].tolist()  # smaller steps mix otherwise
+    at.slider(key="s_eps").set_value(0.8).run()  # back: the scheduler's kept result, timings and all
+    assert at.dataframe[0].value["seconds"].tolist() == before["seconds"].tolist()
 
 
 # ---- every page still runs -------------------------------------------------------------------------

@@ -4,15 +4,18 @@ The marginals are checked against an energy whose answer is known in closed form
 MLP's output layer zeroed, E(z) = |z|²/2σ² and p is N(0, σ² I).
 """
 
+import io
 import math
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ebm import landscape, limits
 from ebm.checkpoint import SHIPPED_WEIGHTS, load_model
-from ebm.generate import SampleSettings, sample_chains
+from ebm.generate import SampleSettings, decode_binary, sample_chains
+from ebm.images import image_grid
 from ebm.models import (
     Autoencoder,
     AutoencoderConfig,
@@ -20,7 +23,7 @@ from ebm.models import (
     EnergyNet,
     LatentEBM,
 )
-from ebm.render import render_samples, sample_view
+from ebm.render import LIVE_TRACE_POINTS, render_samples, sample_view
 
 
 def gaussian_model(d: int = 4, sigma: float = 1.0) -> LatentEBM:
@@ -196,6 +199,28 @@ def test_sample_view_contents(shipped):
     assert 0 < view.mean_acceptance <= 1
     again = sample_view(shipped, s)
     np.testing.assert_array_equal(view.final_codes, again.final_codes)  # deterministic per seed
+
+
+def test_a_watched_sample_is_the_same_sample_and_shows_its_chains_as_they_go(shipped):
+    """Publishing after every block (interval 0): a frame per block but the last, each the first 64 chains
+    decoded where they are and the energies so far; the finished view is bit for bit the unwatched one."""
+    s = SampleSettings(num_steps=300, num_chains=80, record_every=64, seed=4)
+    frames = []
+    watched = sample_view(shipped, s, publish=frames.append, live_interval=0)
+    alone = sample_view(shipped, s)
+    assert watched.png == alone.png and watched.gif == alone.gif
+    np.testing.assert_array_equal(watched.final_codes, alone.final_codes)
+    assert [f.steps_done for f in frames] == [64, 128, 192, 256]  # blocks of 64 steps; none after the last
+    chains = sample_chains(shipped, s)  # records every 64 steps: where each frame caught the chains
+    energies = chains.energies.numpy()
+    for record, frame in enumerate(frames, start=1):
+        assert (frame.num_steps, frame.num_chains, frame.shown) == (300, 80, 64)
+        picture = np.asarray(Image.open(io.BytesIO(frame.png)))
+        assert np.array_equal(picture, image_grid(decode_binary(shipped, chains.trajectory[record, :64]), ncols=8))
+        idx = frame.trace_steps - 1  # thinned, the first and last steps kept
+        assert len(idx) == min(frame.steps_done, LIVE_TRACE_POINTS) and idx[0] == 0 and idx[-1] == frame.steps_done - 1
+        np.testing.assert_allclose(frame.energy_mean, energies[idx].mean(1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(frame.energy_traces, energies[idx, :16])
 
 
 def test_render_thins_long_runs(shipped):

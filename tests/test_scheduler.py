@@ -152,6 +152,27 @@ def test_progress_follows_the_steps_the_work_reports():
     assert ticket.result() == "done" and ticket.progress == 1.0
 
 
+def test_what_a_running_job_publishes_every_session_waiting_on_it_reads():
+    scheduler = Scheduler(capacity=lambda: 1)
+    published, go_on = threading.Event(), threading.Event()
+
+    def work(progress):
+        progress.publish("frame 1")
+        published.set()
+        assert go_on.wait(TIMEOUT)
+        progress(1)
+        progress.publish("frame 2")
+        return "digits"
+
+    alice = scheduler.submit("view", "alice", work, total=1)
+    bob = scheduler.submit("view", "bob", work, total=1)  # a second visitor joins the running job
+    assert published.wait(TIMEOUT)
+    assert alice.snapshot == bob.snapshot == "frame 1"
+    go_on.set()
+    assert alice.result() == bob.result() == "digits"
+    assert alice.snapshot is None, "a finished job keeps its result, not its last snapshot"
+
+
 def test_capacity_that_drops_holds_new_jobs_back():
     slots = [2]
     scheduler = Scheduler(capacity=lambda: slots[0])
