@@ -245,7 +245,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1, "gmm10": 2, "gmm50": 3})  # same keys, faster fits
     _write_fake_mnist(tmp_path / "data")
     weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
-    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0,
+    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0, sampler="mala",
                               data_dir=tmp_path / "data", out_dir=tmp_path / "eval", threads=torch.get_num_threads())
     results = run_evaluate(args)
 
