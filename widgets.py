@@ -32,9 +32,11 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from ebm import jobs, runs as runs_mod
+from ebm import jobs
+from ebm import runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
-from ebm.compare import CompareSettings, Comparison, compare_samplers, table as compare_table
+from ebm.compare import CompareSettings, Comparison, compare_samplers
+from ebm.compare import table as compare_table
 from ebm.data import DatasetError, default_data_dir, load_binarized
 from ebm.generate import SampleSettings, sampling_problem
 from ebm.images import image_grid

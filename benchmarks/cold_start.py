@@ -70,7 +70,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", type=app_checkout, default=REPO, help=REPO_HELP)
     parser.add_argument("--baseline", type=app_checkout, default=None,
-                        help="another checkout (e.g. a worktree of an older commit), measured alternately in the same run")
+                        help="another checkout (e.g. a worktree of an older commit), "
+                             "measured alternately in the same run")
     parser.add_argument("--runs", type=int, default=3, help="cold starts (and imports) per checkout")
     args = parser.parse_args()
     if args.runs < 1:
@@ -95,8 +96,8 @@ def main() -> None:
                     healthy, image = cold_start_s(repo, browser)
                     times[label]["healthy_s"].append(healthy)
                     times[label]["first_image_s"].append(image)
-                    print(f"cold start      run {run + 1}  {label:<6} healthy {healthy:6.2f} s  first image {image:6.2f} s",
-                          flush=True)
+                    print(f"cold start      run {run + 1}  {label:<6} "
+                          f"healthy {healthy:6.2f} s  first image {image:6.2f} s", flush=True)
         finally:
             browser.close()
     print()

@@ -196,7 +196,8 @@ def main() -> None:
         for algorithm in (ula, mala):
             ours_chain_steps_per_s(net, 64, 64, seed=0, algorithm=algorithm)
     speedups = {}
-    print(f"{'chains x steps':>16} {'naive (steps/s)':>16} {'ours (steps/s)':>16} {'speedup':>8} {'FLOP-bound':>12} {'of bound':>9}")
+    print(f"{'chains x steps':>16} {'naive (steps/s)':>16} {'ours (steps/s)':>16} {'speedup':>8} "
+          f"{'FLOP-bound':>12} {'of bound':>9}")
     for chains, steps in ((64, 1000), (8192, 50)):
         naive = 0.0
         for threads in sorted({1, args.threads}):
@@ -206,7 +207,8 @@ def main() -> None:
             ours = max(ours_chain_steps_per_s(net, chains, steps, seed=r)[0] for r in range(args.repeats))
         bound = args.threads * matmul_flops_per_s(chains, c.hidden_dim) / flops
         speedups[(chains, steps)] = ours / naive
-        print(f"{chains:>7} x {steps:<6} {naive:>16,.0f} {ours:>16,.0f} {ours / naive:>7.1f}x {bound:>12,.0f} {ours / bound:>8.0%}")
+        print(f"{chains:>7} x {steps:<6} {naive:>16,.0f} {ours:>16,.0f} {ours / naive:>7.1f}x "
+              f"{bound:>12,.0f} {ours / bound:>8.0%}")
     print(f"FLOPs per chain-step: {flops:,} (forward + input gradient)")
     ratios = compare_with_blackjax(net, args.threads, args.repeats)
     print(f"speedup_64x1000={speedups[(64, 1000)]:.2f}")

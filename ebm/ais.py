@@ -43,9 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .importance import log_mean_exp
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, MAX_CHAINS, EnergyAndGrad, adapted_step_size
 from .samplers.mala import mala
-from .importance import log_mean_exp
 from .validation import check_float, check_int
 
 MAX_TEMPERATURES = 100_000
@@ -73,6 +73,8 @@ def tempered(energy_and_grad: EnergyAndGrad, beta: float) -> EnergyAndGrad:
 
 @dataclass
 class AISResult:
+    """One AIS run: the log Z estimate with its error bar, the weighted final chains, and the schedule it used."""
+
     log_z: float
     standard_error: float  # of log_z, by the delta method on the weights
     effective_sample_size: float  # (sum w)^2 / sum w^2
@@ -85,6 +87,7 @@ class AISResult:
     seconds: float
 
     def summary(self) -> dict:
+        """The estimate and the run's settings as plain JSON values, for the evaluation report (no arrays)."""
         return {"log_z": self.log_z, "standard_error": self.standard_error,
                 "effective_sample_size": self.effective_sample_size, "num_samples": len(self.log_weights),
                 "num_temperatures": len(self.step_sizes), "steps_per_temperature": self.steps_per_temperature,

@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_bytes, save as save_bytes
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from torch import nn
 
 from . import __version__
@@ -113,8 +114,10 @@ def _read_header(data: bytes, name: str) -> tuple[dict, dict]:
         header = json.loads(data[8 : 8 + header_len])
         metadata = header.pop("__metadata__", None) or {}
         shapes = {key: tuple(int(n) for n in spec["shape"]) for key, spec in header.items()}
-    except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise WeightsError(f"{name} is not a valid safetensors file: its header is not what safetensors writes ({e})") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # JSON and Unicode decode errors are ValueErrors
+        raise WeightsError(
+            f"{name} is not a valid safetensors file: its header is not what safetensors writes ({e})"
+        ) from None
     if not isinstance(metadata, dict):
         raise WeightsError(f"{name} is not a valid safetensors file: its metadata is not a JSON object")
     return metadata, shapes
@@ -197,7 +200,9 @@ def read_artifact(
         raise WeightsError(f"{name}: tensors do not match the architecture; missing {missing}, unexpected {unexpected}")
     for key, shape in header.shapes.items():
         if shape != expected[key]:
-            raise WeightsError(f"{name}: tensor {key!r} has shape {shape}, the architecture in its metadata needs {expected[key]}")
+            raise WeightsError(
+                f"{name}: tensor {key!r} has shape {shape}, the architecture in its metadata needs {expected[key]}"
+            )
     try:
         tensors = load_bytes(data)
     except (SafetensorError, ValueError, OSError) as e:

@@ -137,6 +137,7 @@ def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassif
 
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
+    """Add `train-classifier`'s options to its CLI subparser."""
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
@@ -153,7 +154,7 @@ def run_train_classifier(args: argparse.Namespace) -> Path:
         test_x, test_y = load_binarized("mnist", "test", data_dir, DEFAULT_THRESHOLD)
         model = train_classifier(train_x, train_y, args.epochs, args.batch_size, args.lr, args.seed)
     except (DatasetError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     acc = accuracy(model, test_x, test_y)
     extra = {"dataset": "mnist", "threshold": DEFAULT_THRESHOLD, "test_accuracy": round(acc, 4),
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}

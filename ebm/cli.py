@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .classifier import DEFAULT_CLASSIFIER, add_train_classifier_arguments, load_classifier, run_train_classifier
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
+from .classifier import DEFAULT_CLASSIFIER, add_train_classifier_arguments, load_classifier, run_train_classifier
 from .data import DatasetError, default_data_dir, load_binarized
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
@@ -44,6 +44,7 @@ def setting_flag(p: argparse.ArgumentParser, cls, name: str, *flags: str, **kwar
 
 
 def pick_device(name: str) -> str:
+    """The device `name`, once checked: exits with one sentence when CUDA is asked for but absent."""
     if name == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda requested but no CUDA device is available")
     return name
@@ -54,7 +55,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         setting_flag(p, TrainConfig, f.name)
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
-    p.add_argument("--runs-dir", type=Path, default=None, help="where the trained weights go (default $EBM_RUNS_DIR or runs/)")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="where the trained weights go (default $EBM_RUNS_DIR or runs/)")
     p.add_argument("--out", type=Path, default=None, help="weights file to write (default: a new folder in --runs-dir)")
 
 
@@ -74,9 +76,9 @@ def check_destination(args: argparse.Namespace, cfg: TrainConfig) -> None:
             check_room(check_weights_path(args.out).parent, weights_bytes(cfg))
     except RunsDirError as e:
         where, flag = _destination(args)
-        raise SystemExit(f"error: {where} {e.reason}; pick another place with {flag}")
+        raise SystemExit(f"error: {where} {e.reason}; pick another place with {flag}") from None
     except ValueError as e:  # WeightsError is one: the shipped weights folder
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
 
 
 def save_trained(model, cfg: TrainConfig, args: argparse.Namespace) -> Path:
@@ -101,17 +103,21 @@ def save_trained(model, cfg: TrainConfig, args: argparse.Namespace) -> Path:
             shutil.rmtree(folder, ignore_errors=True)
         raise SystemExit(f"error: {where} {reason}, and the temp folder could not be written either "
                          f"({e.strerror or type(e).__name__}), so the trained model is lost; free some disk space "
-                         f"or pick another place with {flag}")
+                         f"or pick another place with {flag}") from None
     print(f"warning: {where} {reason}, so the trained model was saved to {fallback} instead; "
           f"pick another place with {flag} next time", file=sys.stderr)
     return fallback
 
 
 def run_train(args: argparse.Namespace) -> Path:
+    """`train`: check the settings and the destination first, train with tqdm bars, save; returns the weights' path.
+
+    Ctrl-C stops training and saves what was trained so far.
+    """
     try:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     except ValueError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     pick_device(cfg.device)
     check_destination(args, cfg)
     data_dir = args.data_dir or default_data_dir()
@@ -119,7 +125,7 @@ def run_train(args: argparse.Namespace) -> Path:
         train_x, _ = load_binarized(cfg.dataset, "train", data_dir, cfg.threshold)
         test_x, _ = load_binarized(cfg.dataset, "test", data_dir, cfg.threshold)
     except DatasetError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     model = build_model(cfg)
     bars: dict[str, tqdm] = {}
     try:
@@ -134,7 +140,7 @@ def run_train(args: argparse.Namespace) -> Path:
     except KeyboardInterrupt:
         tqdm.write("interrupted: saving what was trained so far")
     except DivergenceError as e:
-        raise SystemExit(f"error: training diverged: {e}; try a smaller learning rate or step size")
+        raise SystemExit(f"error: training diverged: {e}; try a smaller learning rate or step size") from None
     finally:
         for bar in bars.values():
             bar.close()
@@ -148,6 +154,7 @@ SAMPLE_FLAG_NAMES = {"num_steps": ("--steps",), "num_chains": ("--num-images", "
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    """`sample`'s flags: one per SampleSettings field and per sampler parameter, plus the files to read and write."""
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS)
     for f in fields(SampleSettings):
         if f.name == "step_size":  # its default is the chosen sampler's own ε
@@ -174,6 +181,7 @@ def sampler_param_flags() -> dict:
 
 
 def run_sample(args: argparse.Namespace) -> dict:
+    """`sample`: run the chains, write grid.png, chains.gif (and --out's .npy); print the settings and acceptance."""
     given = {name: getattr(args, name) for name in sampler_param_flags() if getattr(args, name) is not None}
     foreign = [name for name in given if name not in param_specs(args.sampler)]
     if foreign:
@@ -184,7 +192,7 @@ def run_sample(args: argparse.Namespace) -> dict:
         settings = SampleSettings(**{**chosen, "step_size": step_size, "sampler_params": given})
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     pick_device(args.device)
     data_codes = None
     if settings.start == "data":
@@ -192,7 +200,7 @@ def run_sample(args: argparse.Namespace) -> dict:
             images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(),
                                        meta.get("threshold", 0.5))
         except DatasetError as e:
-            raise SystemExit(f"error: {e}")
+            raise SystemExit(f"error: {e}") from None
         data_codes = model.encode(images)
     with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
         def advance(step: int) -> None:
@@ -216,8 +224,10 @@ def run_sample(args: argparse.Namespace) -> dict:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """`evaluate`'s flags: the weights to score, the sampler, how many samples, threads, and where the report goes."""
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="model weights to evaluate")
-    p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="classifier weights for the image metrics")
+    p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER,
+                   help="classifier weights for the image metrics")
     p.add_argument("--samples", type=int, default=10_000, help="images per model (and chains for the EBM)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=SampleSettings().sampler,
@@ -237,11 +247,12 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     try:
         model, _ = load_model(args.weights)
         classifier, classifier_meta = load_classifier(args.classifier)
-        settings = SampleSettings(args.sampler, SAMPLERS[args.sampler].step_size, num_chains=args.samples, seed=args.seed)
+        settings = SampleSettings(args.sampler, SAMPLERS[args.sampler].step_size, num_chains=args.samples,
+                                  seed=args.seed)
         results = evaluate(model, classifier, args.data_dir, args.samples, args.seed, settings,
                            log=lambda message: print(message, flush=True))
     except (WeightsError, DatasetError, ValueError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None
     results["settings"]["threads"] = args.threads
     results["settings"]["weights"] = str(args.weights)
     results["settings"]["classifier"] = str(args.classifier)
@@ -256,17 +267,21 @@ def run_evaluate(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ebm", description="Energy-based model of MNIST in a 4-D latent space")
+    """The `python -m ebm` parser: one subcommand each for train, sample, evaluate and train-classifier."""
+    parser = argparse.ArgumentParser(prog="python -m ebm",
+                                     description="Energy-based model of MNIST in a 4-D latent space")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_arguments(sub.add_parser("train", help="train the autoencoder and the energy net"))
     add_sample_arguments(sub.add_parser("sample", help="draw digits by Langevin dynamics"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
-    add_train_classifier_arguments(sub.add_parser("train-classifier", help="retrain the MNIST classifier used by the metrics"))
+    add_train_classifier_arguments(sub.add_parser("train-classifier",
+                                                  help="retrain the MNIST classifier used by the metrics"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m ebm`: parse `argv` (default sys.argv), limit native threads, run the command."""
     args = build_parser().parse_args(argv)
     limit_native_threads()  # one torch thread ($EBM_TORCH_THREADS), chains split over the cores: ebm.threads
     if args.command == "train":

@@ -25,11 +25,11 @@ import sklearn
 import torch
 from sklearn.mixture import GaussianMixture
 
+from .ais import annealed_log_z
 from .classifier import MnistClassifier
 from .data import load_binarized
 from .diagnostics import effective_sample_size, marginal_w1, marginal_w1_noise, split_rhat
 from .generate import SampleSettings, decode_binary, sample_chains
-from .ais import annealed_log_z
 from .importance import IS_SAMPLES, importance_log_z
 from .metrics import Reference, image_metrics
 from .quadrature import GRID_RESOLUTION, GridQuadrature, code_box, grid_quadrature
@@ -136,7 +136,8 @@ def evaluate(
         results[name] = {"test_nll_nats": float(-gmm.score(test_codes.double().numpy())),
                          **image_metrics(classifier, decode_binary(model, codes), reference)}
         lap(name)
-    results["reconstruction"] = {"test_nll_nats": None, **image_metrics(classifier, decode_binary(model, test_codes[:num_samples]), reference)}
+    reconstructions = decode_binary(model, test_codes[:num_samples])
+    results["reconstruction"] = {"test_nll_nats": None, **image_metrics(classifier, reconstructions, reference)}
     subset = torch.from_numpy(np.random.default_rng(seed).choice(len(train_x), num_samples, replace=False))
     results["data"] = {"test_nll_nats": None, **image_metrics(classifier, train_x[subset], reference)}
     lap("reference_metrics")
@@ -150,7 +151,8 @@ def evaluate(
     results["settings"] = {
         "num_samples": num_samples, "seed": seed, "sample_settings": settings.as_dict(),
         "grid_resolution": GRID_RESOLUTION, "grid_margin": GRID_MARGIN, "importance_samples": IS_SAMPLES,
-        "baselines": {name: f"sklearn GaussianMixture({k}, covariance_type='full', random_state={seed})" for name, k in BASELINES.items()},
+        "baselines": {name: f"sklearn GaussianMixture({k}, covariance_type='full', random_state={seed})"
+                      for name, k in BASELINES.items()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__, "scikit-learn": sklearn.__version__},
     }
@@ -194,7 +196,8 @@ def report_markdown(results: dict) -> str:
     for name in ("ebm", *BASELINES, "reconstruction", "data"):
         r = results[name]
         rows.append(f"| {name} | {_fmt(r['test_nll_nats'])} | {_fmt(r['fid'], 2)} | {_fmt(r['inception_score'], 2)} | "
-                    f"{_fmt(r['class_entropy_bits'])} | {_fmt(r['class_min_share'])} | {_fmt(r['precision'])} | {_fmt(r['recall'])} |")
+                    f"{_fmt(r['class_entropy_bits'])} | {_fmt(r['class_min_share'])} | "
+                    f"{_fmt(r['precision'])} | {_fmt(r['recall'])} |")
     lines = [
         "# Evaluation", "",
         (f"{results['settings']['num_samples']} images per model, seed {results['settings']['seed']}. "
@@ -204,18 +207,21 @@ def report_markdown(results: dict) -> str:
         "## log Z", "",
         *_log_z_lines(results["log_z"]), "",
         "## Samplers", "",
-        "| sampler | acceptance | R-hat energy | ESS energy | max R-hat coords | min ESS coords | marginal W1 per dim | W1 noise level |",
+        "| sampler | acceptance | R-hat energy | ESS energy | max R-hat coords | min ESS coords "
+        "| marginal W1 per dim | W1 noise level |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, d in results["diagnostics"].items():
         w1 = ", ".join(f"{v:.3f}" for v in d["marginal_w1"])
         lines.append(
             f"| {name} | {d['mean_acceptance']:.3f} | {_fmt(d.get('energy_rhat'))} | {_fmt(d.get('energy_ess'), 0)} | "
-            f"{_fmt(max(d['coord_rhat']) if 'coord_rhat' in d else None)} | {_fmt(min(d['coord_ess']) if 'coord_ess' in d else None, 0)} | "
+            f"{_fmt(max(d['coord_rhat']) if 'coord_rhat' in d else None)} | "
+            f"{_fmt(min(d['coord_ess']) if 'coord_ess' in d else None, 0)} | "
             f"{w1} | {np.mean(d['marginal_w1_noise']):.3f} |"
         )
     step = results["settings"]["sample_settings"]
     lines += ["", (f"Both samplers: ε = {step['step_size']}, {step['num_steps']} steps from {step['start']}; "
                    "R-hat and ESS over the second half of the chains."), "",
-              f"Wall time {results['wall_time_s']:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["timings_s"].items()), ""]
+              f"Wall time {results['wall_time_s']:.0f} s: "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in results["timings_s"].items()), ""]
     return "\n".join(lines)

@@ -7,16 +7,27 @@ settings" mean the same everywhere.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from .images import image_grid
 from .models import LatentEBM
-from .samplers import (MAX_CHAINS, MAX_STEPS, SAMPLERS, ChainResult, ChainState, SamplingAlgorithm, Traces,
-                       build_sampler, gradients_per_step, run_chains, sampler_params)
+from .samplers import (
+    MAX_CHAINS,
+    MAX_STEPS,
+    SAMPLERS,
+    ChainResult,
+    ChainState,
+    SamplingAlgorithm,
+    Traces,
+    build_sampler,
+    gradients_per_step,
+    run_chains,
+    sampler_params,
+)
 from .validation import setting, validate_fields
 
 STARTS = ("noise", "data")
@@ -50,10 +61,12 @@ class SampleSettings:
         return gradients_per_step(self.sampler, self.sampler_params)
 
     def as_dict(self) -> dict:
+        """The settings as a plain dict (sampler_params as pairs), for JSON output and reports."""
         return asdict(self)
 
 
-def initial_codes(settings: SampleSettings, dim: int, generator: torch.Generator, data_codes: torch.Tensor | None = None) -> torch.Tensor:
+def initial_codes(settings: SampleSettings, dim: int, generator: torch.Generator,
+                  data_codes: torch.Tensor | None = None) -> torch.Tensor:
     """Starting points: N(0, I) noise, or randomly chosen data codes."""
     if settings.start == "noise":
         return torch.randn(settings.num_chains, dim, generator=generator)
@@ -103,7 +116,8 @@ def decode_binary(model: LatentEBM, codes: torch.Tensor, chunk: int = 8192) -> t
     return torch.cat([(model.decode(c) > 0.5).float() for c in codes.split(chunk)])
 
 
-def chain_frames(model: LatentEBM, trajectory: torch.Tensor, ncols: int | None = None, scale: int = 2) -> list[np.ndarray]:
+def chain_frames(model: LatentEBM, trajectory: torch.Tensor, ncols: int | None = None,
+                 scale: int = 2) -> list[np.ndarray]:
     """One grid image per recorded step of the chains, for an animation of digits forming."""
     n = trajectory.shape[1]
     ncols = ncols or math.ceil(math.sqrt(n))

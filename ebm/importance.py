@@ -34,8 +34,10 @@ class ImportanceEstimate:
     seconds: float
 
     def summary(self) -> dict:
+        """The estimate and its settings as plain JSON values, for the evaluation report."""
         return {"log_z": self.log_z, "standard_error": self.standard_error,
-                "effective_sample_size": self.effective_sample_size, "num_samples": self.num_samples, "seconds": self.seconds}
+                "effective_sample_size": self.effective_sample_size, "num_samples": self.num_samples,
+                "seconds": self.seconds}
 
 
 @torch.no_grad()
@@ -60,7 +62,8 @@ def importance_log_z(
     gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(x_fit)
     tail = multivariate_t(loc=x_fit.mean(0), shape=4.0 * np.cov(x_fit.T), df=3)
     n_tail = max(1, round(num_samples * tail_weight))
-    x = np.concatenate([gmm.sample(num_samples - n_tail)[0], tail.rvs(size=n_tail, random_state=rng).reshape(n_tail, -1)])
+    x = np.concatenate([gmm.sample(num_samples - n_tail)[0],
+                        tail.rvs(size=n_tail, random_state=rng).reshape(n_tail, -1)])
     alpha = n_tail / num_samples
     log_q = np.logaddexp(np.log1p(-alpha) + gmm.score_samples(x), np.log(alpha) + tail.logpdf(x))
     energies = torch.cat([energy(p) for p in torch.from_numpy(x).float().split(65_536)]).double().numpy()

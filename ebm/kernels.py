@@ -183,9 +183,9 @@ def langevin_block(first, stop, position, energy, grad, noise, uniform, step_siz
     """Chains first..stop-1, tile by tile, through one block of steps (see `langevin_tile`)."""
     for lo in range(first, stop, TILE):
         hi = min(lo + TILE, stop)
-        langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], noise[:, lo:hi], uniform[:, lo:hi], step_size, adjusted,
-                      trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], w1t, b1, wh, wht, bh, w_out, b_out,
-                      inv_var)
+        langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], noise[:, lo:hi], uniform[:, lo:hi], step_size,
+                      adjusted, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi],
+                      w1t, b1, wh, wht, bh, w_out, b_out, inv_var)
 
 
 @jit
@@ -277,7 +277,8 @@ def chain_slices(chains: int, steps: int, threads: int) -> list[slice]:
 
 def _new_pool() -> None:
     global _helpers
-    _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-chains")  # threads start lazily
+    # The threads start lazily, on the first task.
+    _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-chains")
 
 
 limit_blas_threads()  # one BLAS thread: the same floats under any load, and no pool spinning beside ours
@@ -308,7 +309,8 @@ class FastEnergy:
         self.latent_dim = net.config.latent_dim
         self.w1t = _array(first.weight.t())
         self.b1 = _array(first.bias)
-        self.wh = _array(torch.stack([layer.weight for layer in rest])) if rest else np.zeros((0, width, width), np.float32)
+        self.wh = (_array(torch.stack([layer.weight for layer in rest])) if rest
+                   else np.zeros((0, width, width), np.float32))
         self.wht = np.ascontiguousarray(self.wh.transpose(0, 2, 1))
         self.bh = _array(torch.stack([layer.bias for layer in rest])) if rest else np.zeros((0, width), np.float32)
         self.w_out = _array(net.out.weight[0])

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .quadrature import grid_quadrature
 from .models import EnergyNet, LatentEBM
+from .quadrature import grid_quadrature
 from .validation import check_float, check_int
 
 MAX_GRID_POINTS = 4_000_000
@@ -43,7 +43,8 @@ def energies(model: LatentEBM | EnergyNet, codes: torch.Tensor, chunk: int = 65_
     net = _energy_net(model)
     codes = torch.as_tensor(codes, dtype=torch.float32)
     if codes.ndim != 2 or codes.shape[1] != net.config.latent_dim:
-        raise ValueError(f"codes have shape {tuple(codes.shape)}; the model's latent dimension is {net.config.latent_dim}")
+        raise ValueError(f"codes have shape {tuple(codes.shape)}; "
+                         f"the model's latent dimension is {net.config.latent_dim}")
     if len(codes) == 0:
         return torch.empty(0)
     return torch.cat([net(c) for c in codes.split(chunk)])
@@ -98,6 +99,7 @@ class EnergySlice:
 
     @property
     def density(self) -> np.ndarray:
+        """exp of `log_density`: the conditional density on the plane."""
         return np.exp(self.log_density)
 
 
@@ -129,7 +131,8 @@ def energy_slice(
     codes[:, i] = xx.reshape(-1)
     codes[:, j] = yy.reshape(-1)
     e = energies(model, codes).reshape(len(axis), len(axis))
-    return EnergySlice((i, j), base.numpy().copy(), axis.numpy().copy(), axis.numpy().copy(), e.numpy().astype(np.float64))
+    return EnergySlice((i, j), base.numpy().copy(), axis.numpy().copy(), axis.numpy().copy(),
+                       e.numpy().astype(np.float64))
 
 
 @torch.no_grad()
@@ -151,7 +154,8 @@ class Interpolation:
 
 
 @torch.no_grad()
-def interpolate(model: LatentEBM, start: Sequence[float] | torch.Tensor, end: Sequence[float] | torch.Tensor, steps: int = 10) -> Interpolation:
+def interpolate(model: LatentEBM, start: Sequence[float] | torch.Tensor, end: Sequence[float] | torch.Tensor,
+                steps: int = 10) -> Interpolation:
     """Codes (1 - a) start + a end for `steps` values of a in [0, 1], decoded and scored."""
     if isinstance(steps, bool) or int(steps) != steps or steps < 2:
         raise ValueError(f"an interpolation needs steps >= 2, got {steps}")
@@ -181,6 +185,7 @@ class Marginals:
 
     @property
     def density(self) -> np.ndarray:
+        """(d, n) p_i(grid), exp of `log_density`."""
         return np.exp(self.log_density)
 
 
@@ -208,9 +213,11 @@ def marginal_densities(model: LatentEBM | EnergyNet, extent: float = 5.0, resolu
     extent, n = _check_grid(extent, resolution)
     if n**d > MAX_GRID_POINTS:
         raise ValueError(
-            f"a {n}^{d} grid has {n**d:,} points, above the cap of {MAX_GRID_POINTS:,}; use resolution <= {grid_resolution(d)}"
+            f"a {n}^{d} grid has {n**d:,} points, above the cap of {MAX_GRID_POINTS:,}; "
+            f"use resolution <= {grid_resolution(d)}"
         )
-    grid = grid_quadrature(lambda codes: energies(model, codes), [-extent] * d, [extent] * d, n, should_stop=should_stop)
+    grid = grid_quadrature(lambda codes: energies(model, codes), [-extent] * d, [extent] * d, n,
+                           should_stop=should_stop)
     width = 2 * extent / n
     centres = -extent + (np.arange(n) + 0.5) * width
     return Marginals(centres, grid.marginal_log_mass - math.log(width), grid.log_z, float(extent), n)

@@ -19,8 +19,8 @@ import math
 import torch
 
 from .models import IMAGE_PIXELS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
-from .validation import check_int
 from .training import TrainConfig
+from .validation import check_int
 
 MAX_APP_CHAINS = 1024
 """Most chains one interactive request may run."""

@@ -65,15 +65,18 @@ def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def knn_radii(features: np.ndarray, k: int = 3, chunk: int = 2048) -> np.ndarray:
     """Squared distance of each point to its k-th nearest other point."""
     f = np.asarray(features, dtype=np.float32)
-    return np.concatenate([np.partition(_sq_distances(f[i : i + chunk], f), k, axis=1)[:, k] for i in range(0, len(f), chunk)])
+    return np.concatenate([np.partition(_sq_distances(f[i : i + chunk], f), k, axis=1)[:, k]
+                           for i in range(0, len(f), chunk)])
 
 
 def _covered(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int = 2048) -> np.ndarray:
     """Which points lie inside at least one ball (centre, radius)."""
-    return np.concatenate([(_sq_distances(points[i : i + chunk], centres) <= radii[None]).any(1) for i in range(0, len(points), chunk)])
+    return np.concatenate([(_sq_distances(points[i : i + chunk], centres) <= radii[None]).any(1)
+                           for i in range(0, len(points), chunk)])
 
 
-def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, real_radii: np.ndarray | None = None) -> tuple[float, float]:
+def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                         real_radii: np.ndarray | None = None) -> tuple[float, float]:
     """Improved precision/recall (Kynkäänniemi et al. 2019) with k-NN balls in feature space.
 
     Precision: share of generated points inside some real point's k-NN ball (quality).
@@ -97,6 +100,7 @@ class Reference:
 
     @classmethod
     def from_features(cls, features: np.ndarray, k: int = 3) -> Reference:
+        """The reference for test-set `features`: their mean and covariance (FID) and k-NN radii (precision)."""
         mean, cov = features_stats(features)
         return cls(np.asarray(features, dtype=np.float32), mean, cov, knn_radii(features, k))
 

@@ -137,6 +137,7 @@ class LatentEBM(nn.Module):
 
     @property
     def latent_dim(self) -> int:
+        """Dimension d of the latent codes the energy net scores."""
         return self.energy.config.latent_dim
 
     @torch.no_grad()
@@ -150,7 +151,9 @@ class LatentEBM(nn.Module):
         return self.autoencoder.decode(codes * self.code_std + self.code_mean)
 
     def energy_and_grad(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The energy net's `EnergyNet.energy_and_grad` on (N, d) standardized codes."""
         return self.energy.energy_and_grad(codes)
 
     def sampling_energy(self):
+        """The energy net's `EnergyNet.sampling_energy`: what samplers should call."""
         return self.energy.sampling_energy()

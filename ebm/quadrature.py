@@ -46,6 +46,7 @@ class GridQuadrature:
         return float((mass[:, 0] + mass[:, -1]).max())
 
     def summary(self) -> dict:
+        """The estimate, the box and the grid as plain JSON values, for the evaluation report."""
         return {"log_z": self.log_z, "resolution": self.resolution, "points": self.resolution ** len(self.lo),
                 "lo": self.lo.tolist(), "hi": self.hi.tolist(), "edge_mass": self.edge_mass, "seconds": self.seconds}
 
@@ -70,7 +71,8 @@ def grid_quadrature(energy: Energy, lo, hi, resolution: int = GRID_RESOLUTION, c
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
     d, n = lo.size, int(resolution)
     if lo.ndim != 1 or hi.shape != lo.shape or not np.all(hi > lo) or n < 2:
-        raise ValueError(f"need a box with hi > lo in every dimension and resolution >= 2, got {lo}, {hi}, {resolution}")
+        raise ValueError(f"need a box with hi > lo in every dimension and resolution >= 2, "
+                         f"got {lo}, {hi}, {resolution}")
     width = (hi - lo) / n
     axes = [torch.tensor(lo[k] + (np.arange(n) + 0.5) * width[k], dtype=torch.float32) for k in range(d)]
     points = torch.empty(n ** (d - 1), d)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -100,7 +100,7 @@ class TrainConfig:
         """The energy net's shape in these settings."""
         return EnergyConfig(self.latent_dim, self.ebm_hidden_dim, self.ebm_layers, self.ebm_tilt_sigma)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """This config; it was checked when made (kept for callers that check a config they are handed)."""
         validate_fields(self)
         return self
@@ -133,11 +133,13 @@ def never_stop() -> bool:
     return False
 
 
-def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig,
+                     noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary cross-entropy per image (nats) plus the code penalty; returns (total, bce)."""
     codes = model.encode(images)
     noisy = codes + cfg.ae_latent_noise * torch.randn_like(codes) if noise else codes
-    bce = nn.functional.binary_cross_entropy_with_logits(model.decode_logits(noisy), images, reduction="sum") / len(images)
+    logits = model.decode_logits(noisy)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, images, reduction="sum") / len(images)
     penalty = cfg.ae_code_penalty * 0.5 * codes.square().sum(-1).mean()
     return bce + penalty, bce
 
@@ -202,6 +204,7 @@ class Snapshot:
     @classmethod
     def take(cls, iteration: int, energy: nn.Module, opt: torch.optim.Optimizer, buffer: ReplayBuffer,
              step_size: float) -> Snapshot:
+        """A copy of the training state now, detached from the live net, optimiser and chains that go on changing."""
         return cls(iteration, copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()),
                    buffer.positions.clone(), step_size)
 

@@ -13,8 +13,9 @@ import argparse
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 def check_int(name: str, value: Any, low: float = -math.inf, high: float = math.inf) -> int:
@@ -125,7 +126,8 @@ def spec(cls_or_obj: Any, name: str) -> Spec:
     for f in dataclasses.fields(cls_or_obj):
         if f.name == name and "spec" in f.metadata:
             return f.metadata["spec"]
-    raise KeyError(f"{type(cls_or_obj).__name__ if not isinstance(cls_or_obj, type) else cls_or_obj.__name__} has no setting {name!r}")
+    cls = cls_or_obj if isinstance(cls_or_obj, type) else type(cls_or_obj)
+    raise KeyError(f"{cls.__name__} has no setting {name!r}")
 
 
 def validate_fields(obj: Any) -> None:

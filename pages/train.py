@@ -109,7 +109,9 @@ def fmt_seconds(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "—"
     seconds = round(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    if seconds >= 3600:
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def fmt_duration(seconds: float) -> str:
@@ -130,7 +132,8 @@ def loss_chart(events: list[dict], keys: dict[str, str], title: str, key: str) -
             x, y = zip(*(points[i] for i in frame_indices(len(points), CHART_POINTS)))
             fig.add_scatter(x=x, y=y, name=label, mode="lines+markers" if len(points) <= 30 else "lines")
     fig.update_layout(title=dict(text=title, font=dict(size=13)), height=230, margin=dict(l=10, r=10, t=35, b=10),
-                      xaxis_title="step", showlegend=len(keys) > 1, legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
+                      xaxis_title="step", showlegend=len(keys) > 1,
+                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
     st.plotly_chart(fig, key=key)
 
 
@@ -154,7 +157,8 @@ def show_live(snap: jobs.JobSnapshot, me: str) -> None:
     """The job's state, clocks, progress and charts; Stop only for the session that started it."""
     cfg = snap.config
     head = st.columns([2, 1, 1, 1])
-    head[0].markdown(f"**Training on {widgets.DATASET_LABELS.get(cfg['dataset'], cfg['dataset'])}** · {state_line(snap)}")
+    dataset = widgets.DATASET_LABELS.get(cfg["dataset"], cfg["dataset"])
+    head[0].markdown(f"**Training on {dataset}** · {state_line(snap)}")
     head[1].metric("Elapsed" if snap.active else "Ran for", fmt_seconds(snap.elapsed))
     head[2].metric("Stage remaining", remaining_label(snap),
                    help="Estimated from this stage's pace, once a few percent of it or half a minute has run")
@@ -163,7 +167,8 @@ def show_live(snap: jobs.JobSnapshot, me: str) -> None:
             st.caption("Started by another visitor: you can watch it here, and only they can stop it.")
         elif snap.active and st.button("Stop", icon=":material/stop:", key="stop_training",
                                        disabled=snap.state in ("stopping", "saving"),
-                                       help="Stop now (within a batch or a few Langevin steps) and save what was trained as a new run"):
+                                       help="Stop now (within a batch or a few Langevin steps) "
+                                            "and save what was trained as a new run"):
             jobs.get_job(snap.id).stop(by=me)
             st.rerun(scope="fragment")
 
@@ -194,7 +199,8 @@ def show_live(snap: jobs.JobSnapshot, me: str) -> None:
             loss_chart(en, {"cd_loss": "E(data) − E(negatives)"}, "Contrastive loss", "chart_cd")
         c3, c4 = st.columns(2)
         with c3:
-            loss_chart(en, {"energy_data": "data", "energy_negatives": "negatives"}, "Mean energy: data vs negatives", "chart_energy")
+            loss_chart(en, {"energy_data": "data", "energy_negatives": "negatives"}, "Mean energy: data vs negatives",
+                       "chart_energy")
         with c4:
             loss_chart(en, {"acceptance": "acceptance"}, "Acceptance of the negatives' Langevin steps", "chart_acc")
     with negs:

@@ -6,8 +6,8 @@ AppTest with the shipped weights, as in test_app.py (whose fixtures and helpers 
 
 import ast
 import io
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest

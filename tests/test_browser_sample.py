@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_browser import (MAIN, SHOTS, assert_no_exception, browser, main, server, settle, shot,  # noqa: F401 (fixtures)
-                          wait_until)
+from test_browser import MAIN, SHOTS, assert_no_exception, browser, main, server, settle, shot, wait_until  # noqa: F401 (fixtures)
 
 LIVE_REQUEST = "sample?chains=1024&K=1950"  # the cap: about 2 s of chains on one core, a frame every 0.3 s
 ATTEMPTS = 3  # a run that ends before its second frame (a fast machine) is tried again with another seed

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pytest
+from test_landscape import gaussian_model
 
 from ebm.compare import CompareSettings, cell_edges, compare_samplers, marginal_distance, table
 from ebm.diagnostics import effective_sample_size
@@ -20,8 +21,6 @@ from ebm.landscape import Marginals, marginal_densities
 from ebm.models import LatentEBM
 from ebm.samplers import SAMPLERS
 from ebm.scheduler import Cancelled
-
-from test_landscape import gaussian_model
 
 
 def gridded_normal(mean: float = 0.0, dims: int = 1, extent: float = 5.0, resolution: int = 32) -> Marginals:

@@ -20,8 +20,8 @@ import torch
 from scipy.linalg import sqrtm
 from scipy.stats import norm
 
-from ebm import evaluation as ev, importance, metrics, quadrature
-from ebm.cli import run_evaluate
+from ebm import evaluation as ev
+from ebm import importance, metrics, quadrature
 from ebm.checkpoint import WeightsError, save_model
 from ebm.classifier import (
     DEFAULT_CLASSIFIER,
@@ -31,6 +31,7 @@ from ebm.classifier import (
     load_classifier,
     save_classifier,
 )
+from ebm.cli import run_evaluate
 from ebm.training import TrainConfig, build_model
 
 LOG_Z = 1.7  # the mixture energies below are -log(mixture density) - LOG_Z, so log Z = LOG_Z
@@ -65,7 +66,8 @@ def test_grid_marginals_match_the_mixture_marginals(mixture_grid):
     grid = mixture_grid
     for k in range(4):
         edges = grid.edges(k)
-        cdf = sum(w * norm.cdf(edges, m[k], math.sqrt(c[k, k])) for w, m, c in zip(weights.tolist(), means.numpy(), covs.numpy()))
+        cdf = sum(w * norm.cdf(edges, m[k], math.sqrt(c[k, k]))
+                  for w, m, c in zip(weights.tolist(), means.numpy(), covs.numpy()))
         np.testing.assert_allclose(np.exp(grid.marginal_log_mass[k]), np.diff(cdf), atol=2e-3)
 
 
@@ -97,7 +99,8 @@ def test_importance_sampling_error_bars_grow_for_a_poor_proposal():
     """Codes that cover one mode only: the t tail still finds the others, with larger error bars."""
     energy, mix, (means, _, _) = mixture_energy()
     good = importance.importance_log_z(energy, mix.sample((5000,)), num_samples=20_000, seed=1)
-    poor = importance.importance_log_z(energy, means[0] + 0.3 * torch.randn(5000, 4), num_samples=20_000, components=1, seed=1)
+    poor = importance.importance_log_z(energy, means[0] + 0.3 * torch.randn(5000, 4), num_samples=20_000,
+                                       components=1, seed=1)
     assert poor.standard_error > 3 * good.standard_error
     assert poor.effective_sample_size < 0.5 * good.effective_sample_size
 
@@ -128,7 +131,8 @@ def test_frechet_distance_of_samples_estimates_the_population_value():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50_000, 4))
     y = rng.standard_normal((50_000, 4)) * 2.0 + 1.0
-    assert metrics.frechet_distance(*metrics.features_stats(x), *metrics.features_stats(y)) == pytest.approx(4 * 1.0 + 4 * 1.0, rel=0.02)
+    distance = metrics.frechet_distance(*metrics.features_stats(x), *metrics.features_stats(y))
+    assert distance == pytest.approx(4 * 1.0 + 4 * 1.0, rel=0.02)
 
 
 def test_inception_score_bounds():
@@ -200,7 +204,8 @@ def test_classifier_round_trip_and_clear_errors(tmp_path):
     with pytest.raises(WeightsError, match="not a valid safetensors"):
         load_classifier(tmp_path / "junk.safetensors")
     with pytest.raises(WeightsError, match="not a classifier"):
-        load_classifier(save_model(build_model(TrainConfig(ae_hidden_dim=8, ebm_hidden_dim=8)), tmp_path / "ebm.safetensors"))
+        load_classifier(save_model(build_model(TrainConfig(ae_hidden_dim=8, ebm_hidden_dim=8)),
+                                   tmp_path / "ebm.safetensors"))
     # a tensor whose shape does not fit the architecture in the metadata
     from safetensors.torch import load_file, save_file
 
@@ -211,7 +216,8 @@ def test_classifier_round_trip_and_clear_errors(tmp_path):
     with pytest.raises(WeightsError, match="fc.weight.*shape"):
         load_classifier(tmp_path / "bad.safetensors")
     # an absurd width in the metadata is refused before anything is allocated
-    metadata = dict(header["__metadata__"], config=json.dumps({**json.loads(header["__metadata__"]["config"]), "channels1": 10**7}))
+    huge_config = {**json.loads(header["__metadata__"]["config"]), "channels1": 10**7}
+    metadata = dict(header["__metadata__"], config=json.dumps(huge_config))
     save_file(load_file(path), tmp_path / "huge.safetensors", metadata=metadata)
     with pytest.raises(WeightsError, match="config.*channels1"):
         load_classifier(tmp_path / "huge.safetensors")
@@ -227,8 +233,10 @@ def _write_fake_mnist(root: Path, n_train=300, n_test=200) -> None:
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 255
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">4I", 0x803, n, 28, 28) + images.tobytes()))
-        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">2I", 0x801, n) + labels.tobytes()))
+        images_idx = struct.pack(">4I", 0x803, n, 28, 28) + images.tobytes()
+        labels_idx = struct.pack(">2I", 0x801, n) + labels.tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(images_idx))
+        (raw / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels_idx))
 
 
 def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
@@ -237,7 +245,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1, "gmm10": 2, "gmm50": 3})  # same keys, faster fits
     _write_fake_mnist(tmp_path / "data")
     weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
-    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0,
+    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0, sampler="mala",
                               data_dir=tmp_path / "data", out_dir=tmp_path / "eval", threads=torch.get_num_threads())
     results = run_evaluate(args)
 

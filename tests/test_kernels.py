@@ -80,7 +80,8 @@ def test_chains_do_not_depend_on_the_record_interval():
     assert torch.equal(finals[0], finals[1]) and torch.equal(finals[0], finals[2])
 
 
-@pytest.mark.parametrize("chains,steps,threads", [(1, 64, 4), (64, 64, 2), (101, 64, 3), (8192, 1, 2), (5, 1, 8), (3000, 1, 7)])
+@pytest.mark.parametrize("chains,steps,threads",
+                         [(1, 64, 4), (64, 64, 2), (101, 64, 3), (8192, 1, 2), (5, 1, 8), (3000, 1, 7)])
 def test_chain_slices_give_each_thread_its_own_chains(chains, steps, threads):
     slices = chain_slices(chains, steps, threads)
     assert 1 <= len(slices) <= threads
@@ -160,7 +161,8 @@ def test_compiled_mala_draws_from_a_bimodal_net_density():
 
     def draw(algorithm):
         sampler = algorithm(FastEnergy(net), 2.5, torch.Generator().manual_seed(0))
-        result = run_chains(sampler, sampler.init(torch.randn(4000, 1, generator=torch.Generator().manual_seed(1))), 400)
+        start = torch.randn(4000, 1, generator=torch.Generator().manual_seed(1))
+        result = run_chains(sampler, sampler.init(start), 400)
         return result.trajectory[-1].squeeze(-1), result.acceptance.mean().item()
 
     samples, acceptance = draw(mala)

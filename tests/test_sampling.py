@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from ebm.models import EnergyConfig, EnergyNet
-from ebm.samplers import (BLOCK_STEPS, MAX_CHAINS, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler,
-                          contrasting_sampler, run_chains)
+from ebm.samplers import (
+    BLOCK_STEPS,
+    MAX_CHAINS,
+    SAMPLERS,
+    ReplayBuffer,
+    adapted_step_size,
+    build_sampler,
+    contrasting_sampler,
+    run_chains,
+)
 from ebm.samplers.base import chain_algorithm
 from ebm.samplers.hmc import hmc
 from ebm.samplers.integrators import leapfrog
@@ -110,7 +118,9 @@ def test_two_component_mixture_2d(name, eps, steps):
     true_mean = (MIX_WEIGHTS.unsqueeze(1) * MIX_MEANS).sum(0)
     assert (z.mean(0) - true_mean).abs().max() < 0.08
     # weight of the right-hand mode: P(x > 0) under the mixture, from the normal CDF
-    phi = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+    def phi(x):
+        return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
     p_right = 0.3 * (1 - phi(1.5 / MIX_STD)) + 0.7 * (1 - phi(-1.5 / MIX_STD))
     assert abs((z[:, 0] > 0).float().mean().item() - p_right) < 0.03
     assert sliced_wasserstein(z, truth) < 0.07
@@ -205,7 +215,8 @@ def test_callback_runs_after_each_block_and_stops_early_keeping_the_steps_done()
     gen = torch.Generator().manual_seed(0)
     kernel = ula(gaussian_energy, 0.5, gen)
     calls = []
-    result = run_chains(kernel, kernel.init(torch.zeros(4, 4)), 200, record_every=30, callback=lambda t: calls.append(t) or t >= 100)
+    result = run_chains(kernel, kernel.init(torch.zeros(4, 4)), 200, record_every=30,
+                        callback=lambda t: calls.append(t) or t >= 100)
     assert calls == [BLOCK_STEPS, 2 * BLOCK_STEPS]
     assert result.record_steps == [0, 30, 60, 90, 120, 128]
     assert result.energies.shape == (128, 4)
@@ -254,7 +265,8 @@ def test_mala_rejects_proposals_with_nan_energy():
         e, g = gaussian_energy(z)
         return torch.where(z.norm(dim=-1) > 1.0, torch.nan, e), g
     gen = torch.Generator().manual_seed(0)
-    result = run_chains(mala(nan_outside_unit_ball, 1.0, gen), mala(nan_outside_unit_ball, 1.0, gen).init(torch.zeros(256, 4)), 50)
+    kernel = mala(nan_outside_unit_ball, 1.0, gen)
+    result = run_chains(kernel, kernel.init(torch.zeros(256, 4)), 50)
     assert torch.isfinite(result.state.energy).all()
     assert result.state.position.norm(dim=-1).max() <= 1.0
 

@@ -38,8 +38,8 @@ from .base import (
 __all__ = [
     "BLOCK_STEPS", "DEFAULT_TARGET_ACCEPTANCE", "MAX_CHAINS", "MAX_STEPS", "SAMPLERS", "ChainResult", "ChainState",
     "EnergyAndGrad", "ReplayBuffer", "SamplerInfo", "SamplingAlgorithm", "StepInfo", "Traces", "adapted_step_size",
-    "build_sampler", "check_positions", "check_step_size", "contrasting_sampler", "gradients_per_step", "param_specs", "run_chains",
-    "sampler_info", "sampler_params",
+    "build_sampler", "check_positions", "check_step_size", "contrasting_sampler", "gradients_per_step", "param_specs",
+    "run_chains", "sampler_info", "sampler_params",
 ]
 
 SAMPLERS: dict[str, SamplerInfo] = {"ula": ula.INFO, "mala": mala.INFO, "hmc": hmc.INFO}

@@ -14,8 +14,9 @@ as the momentum it draws afresh each iteration.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -120,11 +121,13 @@ def check_positions(position: torch.Tensor) -> torch.Tensor:
 
 
 def check_num_steps(num_steps: int) -> int:
+    """`num_steps` as an int in 1..MAX_STEPS, or a ValueError naming the number of steps K."""
     return check_int("number of steps K", num_steps, 1, MAX_STEPS)
 
 
 def chain_algorithm(energy_and_grad: EnergyAndGrad, move: Move, adjusted: bool,
-                    generator: torch.Generator | None = None, compiled: CompiledBlock | None = None) -> SamplingAlgorithm:
+                    generator: torch.Generator | None = None,
+                    compiled: CompiledBlock | None = None) -> SamplingAlgorithm:
     """A sampler from its one-step `move`: init, the randomness layout, and the block loop
     (or `compiled`, which runs a whole block with the same randomness)."""
 
@@ -173,7 +176,8 @@ def compiled_block(energy_and_grad: EnergyAndGrad, kernel_name: str, *settings) 
     return run
 
 
-def adapted_step_size(step_size: float, acceptance: float, target: float = DEFAULT_TARGET_ACCEPTANCE, rate: float = 0.5) -> float:
+def adapted_step_size(step_size: float, acceptance: float, target: float = DEFAULT_TARGET_ACCEPTANCE,
+                      rate: float = 0.5) -> float:
     """One Robbins-Monro update of ε on the log scale toward a target acceptance rate."""
     return step_size * math.exp(rate * (acceptance - target))
 
@@ -200,7 +204,8 @@ def run_chains(
     record_every = num_steps if record_every is None else check_int("record_every", record_every, 1, MAX_STEPS)
     chains, dim = state.position.shape
     if chains * num_steps > MAX_TRACE_ENTRIES:
-        raise ValueError(f"{chains} chains x {num_steps} steps is more than {MAX_TRACE_ENTRIES:,} chain-steps; use fewer")
+        raise ValueError(f"{chains} chains x {num_steps} steps is more than {MAX_TRACE_ENTRIES:,} chain-steps; "
+                         "use fewer")
     energies = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     acceptance = torch.empty(num_steps, chains, dtype=state.energy.dtype)
     records, record_steps = [state.position], [0]
