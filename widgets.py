@@ -152,6 +152,7 @@ class Param:
 
     @property
     def kind(self) -> str:
+        """'choice', 'int' or 'float': how a URL value is parsed."""
         if self.choices is not None:
             return "choice"
         return "int" if isinstance(self.default, int) else "float"
@@ -225,6 +226,7 @@ def state_to_url(params: Sequence[Param], keep: Sequence[str] = ("model",)) -> N
 
 
 def show_url_messages(messages: Sequence[str]) -> None:
+    """One warning listing the URL values that were clamped or ignored."""
     if messages:
         st.warning("Some settings in the link could not be used:\n\n" + "\n".join(f"- {m}" for m in messages))
 
@@ -235,10 +237,12 @@ def param_slider(param: Param, label: str, **kwargs) -> Any:
 
 
 def param_select(param: Param, label: str, **kwargs) -> Any:
+    """A segmented control for a choice kept in the URL."""
     return st.segmented_control(label, param.choices, key=param.key, required=True, persist_state="session", **kwargs)
 
 
 def param_number(param: Param, label: str, **kwargs) -> Any:
+    """A number input for a setting kept in the URL, within its bounds."""
     return st.number_input(label, param.lo, param.hi, key=param.key, persist_state="session", **kwargs)
 
 
@@ -248,7 +252,8 @@ def seed_input(param: Param, label: str = "Seed", resample_label: str = "Resampl
     def new_seed() -> None:
         st.session_state[param.key] = random.randint(int(param.lo), int(param.hi))
 
-    with st.container(horizontal=True, vertical_alignment="bottom"):  # the button keeps its whole label; it wraps below if need be
+    # the button keeps its whole label; it wraps below if need be
+    with st.container(horizontal=True, vertical_alignment="bottom"):
         seed = param_number(param, label, step=1, width="stretch")
         st.button(resample_label, icon=":material/casino:", on_click=new_seed, help="Draw again with a new random seed")
     return seed
@@ -257,7 +262,8 @@ def seed_input(param: Param, label: str = "Seed", resample_label: str = "Resampl
 def device_picker(key: str = "device") -> str:
     """CPU, or CUDA when this server has a GPU."""
     options = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    return st.selectbox("Device", options, key=key, help="Training runs on this device; CUDA is listed only when available")
+    return st.selectbox("Device", options, key=key,
+                        help="Training runs on this device; CUDA is listed only when available")
 
 
 def plural(n: int, word: str) -> str:
@@ -282,6 +288,7 @@ def run_summary(run: runs_mod.RunInfo) -> str:
 # ---- models -------------------------------------------------------------------------------------
 @dataclass
 class LoadedModel:
+    """A model as the pages use it: the net, its metadata, a cache key and a label."""
     model: LatentEBM
     meta: dict
     key: tuple  # hashable cache key: ("file", path, mtime_ns) or ("upload", sha256)
@@ -290,10 +297,12 @@ class LoadedModel:
 
     @property
     def dataset(self) -> str:
+        """The dataset the model was trained on."""
         return str(self.meta.get("dataset", "mnist"))
 
     @property
     def threshold(self) -> float:
+        """The binarization threshold of its training data."""
         return float(self.meta.get("threshold", 0.5))
 
 
@@ -321,6 +330,7 @@ def load_file_model(path: str | Path, name: str | None = None) -> LoadedModel:
 
 
 def shipped_model() -> LoadedModel:
+    """The weights that ship with the app."""
     loaded = load_file_model(SHIPPED_WEIGHTS)
     loaded.label = f"shipped ({SHIPPED_WEIGHTS.name})"
     return loaded
@@ -365,7 +375,8 @@ def model_picker() -> LoadedModel:
             if wanted in options and not wanted.startswith(UPLOAD_PREFIX):
                 st.session_state["model_choice"] = wanted
             else:
-                st.session_state["_model_message"] = f"The model {echo(wanted)} from the link was not found; using the shipped model"
+                st.session_state["_model_message"] = (f"The model {echo(wanted)} from the link was not found; "
+                                                      "using the shipped model")
     if st.session_state.get("model_choice") not in options:
         st.session_state["model_choice"] = SHIPPED
 
@@ -378,14 +389,17 @@ def model_picker() -> LoadedModel:
 
     with st.sidebar:
         choice = st.selectbox("Model", options, format_func=label, key="model_choice", persist_state="session",
-                              help="The shipped weights, runs trained on the Train page (saved under runs/), or your own file")
+                              help="The shipped weights, runs trained on the Train page (saved under runs/), "
+                                   "or your own file")
         if choice in runs:
             st.caption(run_summary(runs[choice]))
         with st.expander("Use your own weights"):
-            st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload", on_change=_on_upload,
+            st.file_uploader("Weights file (.safetensors)", type=["safetensors"], key="model_upload",
+                             on_change=_on_upload,
                              help="A file saved by this app or `python -m ebm train`")
         if st.session_state.get("upload_error"):
-            st.error(f"That file cannot be used: {server_message(st.session_state['upload_error'])}. Keeping the previous model.")
+            reason = server_message(st.session_state["upload_error"])
+            st.error(f"That file cannot be used: {reason}. Keeping the previous model.")
         message = st.session_state.pop("_model_message", None)
         if message:
             st.warning(message)
@@ -425,7 +439,8 @@ def model_picker() -> LoadedModel:
 
 # ---- data ---------------------------------------------------------------------------------------
 @st.cache_resource(max_entries=4, show_spinner="Loading the dataset…")
-def _load_dataset(name: str, split: str, threshold: float, download: bool, data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_dataset(name: str, split: str, threshold: float, download: bool,
+                  data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     return load_binarized(name, split, data_dir=data_dir, threshold=threshold, download=download)
 
 
@@ -434,7 +449,8 @@ def _dataset(name: str, split: str, threshold: float, download: bool) -> tuple[t
     return _load_dataset(name, split, threshold, download, str(default_data_dir().resolve()))
 
 
-def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str = "fetch") -> tuple[torch.Tensor, torch.Tensor] | None:
+def dataset_or_message(name: str, split: str, threshold: float = 0.5,
+                       key: str = "fetch") -> tuple[torch.Tensor, torch.Tensor] | None:
     """The binarized split if it is on disk, else None after showing why, with a button to download it."""
     try:
         return _dataset(name, split, threshold, False)
@@ -460,7 +476,8 @@ def dataset_or_message(name: str, split: str, threshold: float = 0.5, key: str =
 
 
 @st.cache_resource(max_entries=8, show_spinner="Encoding the data…")
-def _codes(model_key: tuple, _model: LatentEBM, name: str, split: str, threshold: float, limit: int, data_dir: str) -> torch.Tensor:
+def _codes(model_key: tuple, _model: LatentEBM, name: str, split: str, threshold: float, limit: int,
+           data_dir: str) -> torch.Tensor:
     images, _ = _load_dataset(name, split, threshold, False, data_dir)
     return _model.encode(images[:limit])
 
@@ -474,7 +491,8 @@ def data_codes(loaded: LoadedModel, split: str, limit: int) -> tuple[torch.Tenso
     if data is None:
         return None
     images, labels = data
-    codes = _codes(loaded.key, loaded.model, loaded.dataset, split, loaded.threshold, limit, str(default_data_dir().resolve()))
+    data_dir = str(default_data_dir().resolve())
+    codes = _codes(loaded.key, loaded.model, loaded.dataset, split, loaded.threshold, limit, data_dir)
     return codes, labels[:limit], images[:limit]
 
 
@@ -608,7 +626,8 @@ def cached_comparison(loaded: LoadedModel, settings: CompareSettings) -> Compari
 
 def cached_birth_view(loaded: LoadedModel, settings: BirthSettings = BirthSettings()) -> BirthView:
     """The Home page's animation of chains settling into digits, made once per model through the scheduler."""
-    return scheduled(("birth", loaded.key, settings), lambda should_stop: birth_view(loaded.model, settings, should_stop),
+    return scheduled(("birth", loaded.key, settings),
+                     lambda should_stop: birth_view(loaded.model, settings, should_stop),
                      settings.num_steps, "Letting the chains settle")
 
 

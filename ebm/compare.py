@@ -52,6 +52,7 @@ class CompareSettings:
 
     @property
     def num_draws(self) -> int:
+        """Steps kept per chain after the burn-in."""
         return self.num_steps - self.burn_in
 
     def sample_settings(self, sampler: str) -> SampleSettings:
@@ -75,14 +76,17 @@ class SamplerScore:
 
     @property
     def min_ess(self) -> float:
+        """ESS of the worst-mixing latent dim."""
         return float(self.ess.min())
 
     @property
     def ess_per_second(self) -> float:
+        """The worst dim's ESS per second of sampling."""
         return self.min_ess / self.seconds if self.seconds > 0 else float("nan")
 
     @property
     def max_rhat(self) -> float:
+        """R-hat of the worst dim: near 1 when the chains agree."""
         return float(self.rhat.max())
 
 

@@ -80,7 +80,8 @@ def render_samples(
     frames = chain_frames(model, result.trajectory[frames_idx, :shown], scale=1)  # the browser scales it (app.py)
     final = decode_binary(model, result.state.position)
     png = png_bytes(image_grid(final, ncols=math.ceil(math.sqrt(chains)), scale=2))
-    preview = png if shown == chains else png_bytes(image_grid(final[:shown], ncols=math.ceil(math.sqrt(shown)), scale=2))
+    preview = png if shown == chains else png_bytes(
+        image_grid(final[:shown], ncols=math.ceil(math.sqrt(shown)), scale=2))
     steps = result.energies.shape[0]
     idx = np.asarray(frame_indices(steps, MAX_TRACE_POINTS))
     energies = result.energies.numpy()

@@ -55,6 +55,7 @@ class Progress:
         self._job = job
 
     def __call__(self, steps_done: int) -> bool:
+        """Record the steps done; True when the job was cancelled and should stop."""
         self._job.steps_done = steps_done
         return self._job.state == CANCELLED
 
@@ -71,6 +72,7 @@ class Ticket:
 
     @property
     def state(self) -> str:
+        """The job's state (queued, running, done, ...)."""
         return self._job.state
 
     @property

@@ -75,7 +75,8 @@ s = st.session_state
 with output:
     try:
         settings = SampleSettings(sampler=s.s_sampler, step_size=float(s.s_eps), num_steps=int(s.s_steps),
-                                  num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start, seed=int(s.s_seed),
+                                  num_chains=int(s.s_chains), record_every=int(s.s_every), start=s.s_start,
+                                  seed=int(s.s_seed),
                                   sampler_params={p.name: s[p.key] for p in own})
         view = widgets.cached_sample_view(loaded, settings, data_codes, live=True)  # frames and a Stop button meanwhile
     except widgets.Stopped as stop:
@@ -90,10 +91,12 @@ with output:
 
     anim, final = st.columns(2)
     with anim:
-        shown = widgets.plural(view.gif_chains, "chain") if view.gif_chains == view.num_chains else f"the first {view.gif_chains} chains"
-        st.image(view.gif, caption=f"{shown} over {widgets.plural(view.steps_done, 'step')} ({widgets.plural(view.gif_frames, 'frame')})",
-                 width="stretch")
-        st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif", on_click="ignore")
+        shown = (widgets.plural(view.gif_chains, "chain") if view.gif_chains == view.num_chains
+                 else f"the first {view.gif_chains} chains")
+        steps, frames = widgets.plural(view.steps_done, "step"), widgets.plural(view.gif_frames, "frame")
+        st.image(view.gif, caption=f"{shown} over {steps} ({frames})", width="stretch")
+        st.download_button("GIF", view.gif, icon=":material/download:", file_name="chains.gif", mime="image/gif",
+                           on_click="ignore")
     with final:
         samples = f"{widgets.plural(view.num_chains, 'sample')} after step {view.steps_done}"
         if view.num_chains > view.gif_chains and not st.session_state.get("s_show_all"):
@@ -117,7 +120,8 @@ with traces:
 with accept:
     if SAMPLERS[settings.sampler].adjusted:
         st.metric(f"Mean {SAMPLERS[settings.sampler].label} acceptance", f"{view.mean_acceptance:.1%}",
-                  help="The share of proposals the Metropolis-Hastings test accepts; far below half means ε is too large")
+                  help="The share of proposals the Metropolis-Hastings test accepts; "
+                       "far below half means ε is too large")
         fig = go.Figure(go.Scatter(x=view.trace_steps, y=view.acceptance_mean, mode="lines"))
         fig.update_layout(title="Acceptance (mean over chains)", xaxis_title="step",
                           yaxis=dict(range=[0, 1.02]), height=250, margin=dict(l=10, r=10, t=40, b=10))
