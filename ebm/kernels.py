@@ -136,6 +136,27 @@ def energy_and_grad_tile(z, w1t, b1, wh, wht, bh, w_out, b_out, inv_var, hidden,
 
 
 @jit
+def accept_and_record(t, i, log_alpha, adjusted, uniform, position, energy, grad, proposal, energy_new, grad_new,
+                      trajectory, energies, acceptance):
+    """Chain i at step t: the Metropolis-Hastings test on `log_alpha` (a NaN ratio rejects; without `adjusted`
+    every proposal is taken), then the chain's position, energy and acceptance probability into the traces."""
+    accept_prob = 1.0
+    if math.isnan(log_alpha):
+        accept_prob = 0.0
+    elif log_alpha < 0.0:
+        accept_prob = math.exp(log_alpha)
+    if not adjusted or uniform[t, i] < accept_prob:
+        energy[i] = energy_new[i]
+        for k in range(position.shape[1]):
+            position[i, k] = proposal[i, k]
+            grad[i, k] = grad_new[i, k]
+    for k in range(position.shape[1]):
+        trajectory[t, i, k] = position[i, k]
+    energies[t, i] = energy[i]
+    acceptance[t, i] = accept_prob
+
+
+@jit
 def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies, acceptance,
                   w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """Advance one tile of chains through every step of the block, in place.
@@ -154,7 +175,7 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
         energy_and_grad_tile(proposal, w1t, b1, wh, wht, bh, w_out, b_out, inv_var,
                              hidden, deriv, pre, g_pre, energy_new, grad_new)
         for i in range(n):
-            accept_prob = 1.0
+            log_alpha = 0.0  # ULA: every proposal is taken
             if adjusted:
                 forward_sq, backward_sq = 0.0, 0.0
                 for k in range(d):
@@ -162,19 +183,8 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
                     forward_sq += noise[t, i, k] * noise[t, i, k]
                     backward_sq += back * back
                 log_alpha = (energy[i] - energy_new[i]) + 0.5 * forward_sq - backward_sq / (2.0 * step_size * step_size)
-                if math.isnan(log_alpha):  # a NaN ratio rejects
-                    accept_prob = 0.0
-                elif log_alpha < 0.0:
-                    accept_prob = math.exp(log_alpha)
-            if not adjusted or uniform[t, i] < accept_prob:
-                energy[i] = energy_new[i]
-                for k in range(d):
-                    position[i, k] = proposal[i, k]
-                    grad[i, k] = grad_new[i, k]
-            for k in range(d):
-                trajectory[t, i, k] = position[i, k]
-            energies[t, i] = energy[i]
-            acceptance[t, i] = accept_prob
+            accept_and_record(t, i, log_alpha, adjusted, uniform, position, energy, grad, proposal, energy_new,
+                              grad_new, trajectory, energies, acceptance)
 
 
 @jit
@@ -222,20 +232,8 @@ def hmc_tile(position, energy, grad, momenta, uniform, step_size, leapfrog_steps
             for k in range(d):
                 kinetic_change += momenta[t, i, k] * momenta[t, i, k] - p[i, k] * p[i, k]
             log_alpha = (energy[i] - energy_new[i]) + 0.5 * kinetic_change
-            accept_prob = 1.0
-            if math.isnan(log_alpha):  # a NaN ratio rejects
-                accept_prob = 0.0
-            elif log_alpha < 0.0:
-                accept_prob = math.exp(log_alpha)
-            if uniform[t, i] < accept_prob:
-                energy[i] = energy_new[i]
-                for k in range(d):
-                    position[i, k] = x[i, k]
-                    grad[i, k] = grad_new[i, k]
-            for k in range(d):
-                trajectory[t, i, k] = position[i, k]
-            energies[t, i] = energy[i]
-            acceptance[t, i] = accept_prob
+            accept_and_record(t, i, log_alpha, True, uniform, position, energy, grad, x, energy_new, grad_new,
+                              trajectory, energies, acceptance)
 
 
 @jit
