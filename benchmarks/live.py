@@ -10,7 +10,6 @@ Run: python -m benchmarks.live [--repeats 5]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import threading
 import time
@@ -19,11 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from benchmarks.machine import cpu_model
-from ebm.checkpoint import load_model
+from benchmarks.machine import cpu_model, one_thread_setup
 from ebm.generate import SampleSettings
 from ebm.render import LiveFrame, sample_view
-from ebm.threads import limit_native_threads, set_chain_threads
 
 REQUESTS = [SampleSettings(num_chains=1024, num_steps=1950), SampleSettings(num_chains=256, num_steps=5000)]
 
@@ -65,12 +62,7 @@ def timed(model, settings: SampleSettings, way: str) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    set_chain_threads(1)
-    limit_native_threads()
-    model, _ = load_model()
+    args, model = one_thread_setup(__doc__.splitlines()[0])
     print(f"CPU: {cpu_model()}; one torch thread; median of {args.repeats} interleaved runs")
     for settings in REQUESTS:
         ways = {"none": [], "publish": [], "page": []}

@@ -4,10 +4,27 @@ next to busy processes, since a shared machine is where the app must hold up."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from ebm.checkpoint import load_model
+from ebm.models import LatentEBM
+from ebm.threads import limit_native_threads, set_chain_threads
+
+
+def one_thread_setup(description: str) -> tuple[argparse.Namespace, LatentEBM]:
+    """`--repeats` parsed, the process held to one chain thread and one native thread, the shipped model loaded:
+    how the app serves one request, for the benchmarks that time a request's parts."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    set_chain_threads(1)
+    limit_native_threads()
+    model, _ = load_model()
+    return args, model
 
 
 def cpu_model() -> str:

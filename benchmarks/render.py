@@ -9,20 +9,17 @@ Run: python -m benchmarks.render [--repeats 5]
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import imageio.v3 as iio
 import numpy as np
 import torch
 
-from benchmarks.machine import cpu_model
-from ebm.checkpoint import load_model
+from benchmarks.machine import cpu_model, one_thread_setup
 from ebm.generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from ebm.images import gif_bytes, image_grid, png_bytes
 from ebm.limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, frame_indices
 from ebm.render import sample_view
-from ebm.threads import limit_native_threads, set_chain_threads
 
 
 def best_of(repeats: int, fn) -> float:
@@ -36,12 +33,7 @@ def best_of(repeats: int, fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    set_chain_threads(1)
-    limit_native_threads()
-    model, _ = load_model()
+    args, model = one_thread_setup(__doc__.splitlines()[0])
     settings = SampleSettings()
     result = sample_chains(model, settings)
     shown = result.trajectory[frame_indices(len(result.trajectory), MAX_GIF_FRAMES), :MAX_GIF_CHAINS]

@@ -21,7 +21,7 @@ from torch import nn
 from .checkpoint import REPO_ROOT, Kind, artifact_bytes, read_artifact, write_atomically
 from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
 from .models import MAX_WIDTH
-from .validation import setting, validate_fields
+from .validation import Settings, setting
 
 CLASSIFIER = Kind("mnist-ebm-classifier/1", "a classifier weights file",
                   "classifier weights {name} do not exist; create them with `python -m ebm train-classifier`")
@@ -29,16 +29,13 @@ DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
 
 
 @dataclass
-class ClassifierConfig:
+class ClassifierConfig(Settings):
     """conv(1->c1) -> pool -> conv(c1->c2) -> pool -> fc(c2*7*7 -> feature_dim) -> fc(-> 10)."""
 
-    channels1: int = setting(16, low=1, high=MAX_WIDTH)
-    channels2: int = setting(32, low=1, high=MAX_WIDTH)
-    feature_dim: int = setting(128, low=1, high=MAX_WIDTH)
-    num_classes: int = setting(10, low=1, high=MAX_WIDTH)
-
-    def __post_init__(self):
-        validate_fields(self)  # metadata from a file must not make us allocate an absurd model
+    channels1: int = setting(16, low=1, high=MAX_WIDTH, label="first conv channels")
+    channels2: int = setting(32, low=1, high=MAX_WIDTH, label="second conv channels")
+    feature_dim: int = setting(128, low=1, high=MAX_WIDTH, label="feature width", help="what FID compares")
+    num_classes: int = setting(10, low=1, high=MAX_WIDTH, label="classes")
 
 
 class MnistClassifier(nn.Module):
@@ -46,8 +43,8 @@ class MnistClassifier(nn.Module):
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
-        c1, c2 = config.channels1, config.channels2
         self.config = config
+        c1, c2 = config.channels1, config.channels2
         self.conv = nn.Sequential(
             nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 28 -> 14
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 14 -> 7

@@ -28,13 +28,13 @@ from .models import LatentEBM
 from .samplers import SAMPLERS, ChainResult
 from .scheduler import Cancelled
 from .threads import sync_torch_threads
-from .validation import setting, validate_fields
+from .validation import Settings, setting
 
 MIN_DRAWS = 4  # ESS and R-hat split each chain in halves of at least two draws
 
 
 @dataclass(frozen=True)
-class CompareSettings:
+class CompareSettings(Settings):
     """One comparison: every sampler with these settings. Checked when made."""
 
     step_size: float = setting(0.5, low=0.0, low_open=True, label="step size ε")
@@ -45,7 +45,7 @@ class CompareSettings:
     seed: int = setting(0, low=0, high=MAX_SEED, label="seed")
 
     def __post_init__(self):
-        validate_fields(self)
+        super().__post_init__()
         if self.num_steps - self.burn_in < MIN_DRAWS:
             raise ValueError(f"burn-in steps ({self.burn_in}) must leave at least {MIN_DRAWS} of the "
                              f"{self.num_steps} steps to score")

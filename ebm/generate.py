@@ -28,14 +28,14 @@ from .samplers import (
     run_chains,
     sampler_params,
 )
-from .validation import setting, validate_fields
+from .validation import Settings, setting
 
 STARTS = ("noise", "data")
 MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class SampleSettings:
+class SampleSettings(Settings):
     """What defines a sample: change any of these and you get different digits. Checked when made."""
 
     sampler: str = setting("mala", choices=tuple(SAMPLERS), label="sampler", help="how the chains move (ebm.samplers)")
@@ -53,7 +53,7 @@ class SampleSettings:
     sampler_params: tuple = ()
 
     def __post_init__(self):
-        validate_fields(self)
+        super().__post_init__()
         object.__setattr__(self, "sampler_params", sampler_params(self.sampler, self.sampler_params))
 
     def gradients_per_step(self) -> int:

@@ -188,17 +188,6 @@ def langevin_tile(position, energy, grad, noise, uniform, step_size, adjusted, t
 
 
 @jit
-def langevin_block(first, stop, position, energy, grad, noise, uniform, step_size, adjusted, trajectory, energies,
-                   acceptance, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
-    """Chains first..stop-1, tile by tile, through one block of steps (see `langevin_tile`)."""
-    for lo in range(first, stop, TILE):
-        hi = min(lo + TILE, stop)
-        langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], noise[:, lo:hi], uniform[:, lo:hi], step_size,
-                      adjusted, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi],
-                      w1t, b1, wh, wht, bh, w_out, b_out, inv_var)
-
-
-@jit
 def hmc_tile(position, energy, grad, momenta, uniform, step_size, leapfrog_steps, trajectory, energies, acceptance,
              w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
     """Advance one tile of chains through every HMC iteration of the block, in place.
@@ -237,14 +226,20 @@ def hmc_tile(position, energy, grad, momenta, uniform, step_size, leapfrog_steps
 
 
 @jit
-def hmc_block(first, stop, position, energy, grad, momenta, uniform, step_size, leapfrog_steps, trajectory, energies,
-              acceptance, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
-    """Chains first..stop-1, tile by tile, through one block of HMC iterations (see `hmc_tile`)."""
+def chain_block(first, stop, position, energy, grad, normals, uniform, step_size, adjusted, leapfrog_steps,
+                trajectory, energies, acceptance, w1t, b1, wh, wht, bh, w_out, b_out, inv_var):
+    """Chains first..stop-1, tile by tile, through one block: Langevin steps when `leapfrog_steps` is 0 (the
+    normals are the steps' noise; see `langevin_tile`), else HMC iterations (the normals are momenta; `hmc_tile`)."""
     for lo in range(first, stop, TILE):
         hi = min(lo + TILE, stop)
-        hmc_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], momenta[:, lo:hi], uniform[:, lo:hi], step_size,
-                 leapfrog_steps, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi], w1t, b1, wh, wht, bh,
-                 w_out, b_out, inv_var)
+        if leapfrog_steps == 0:
+            langevin_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], normals[:, lo:hi], uniform[:, lo:hi], step_size,
+                          adjusted, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi],
+                          w1t, b1, wh, wht, bh, w_out, b_out, inv_var)
+        else:
+            hmc_tile(position[lo:hi], energy[lo:hi], grad[lo:hi], normals[:, lo:hi], uniform[:, lo:hi], step_size,
+                     leapfrog_steps, trajectory[:, lo:hi], energies[:, lo:hi], acceptance[:, lo:hi],
+                     w1t, b1, wh, wht, bh, w_out, b_out, inv_var)
 
 
 @jit
@@ -338,16 +333,16 @@ class FastEnergy:
         """Run len(noise) ULA (or, `adjusted`, MALA) steps from (position, energy, grad) with the given
         N(0, I) noise (steps, N, d) and uniforms (steps, N); returns the new (position, energy, grad)
         and the per-step (trajectory (steps, N, d), energies (steps, N), acceptance probabilities (steps, N))."""
-        return self._block(langevin_block, position, energy, grad, noise, uniform, np.float32(step_size), adjusted)
+        return self._block(position, energy, grad, noise, uniform, np.float32(step_size), bool(adjusted), 0)
 
     def hmc(self, position, energy, grad, momenta, uniform, step_size: float, leapfrog_steps: int):
         """Run len(momenta) HMC iterations of `leapfrog_steps` leapfrog steps of size `step_size`, each
         starting from the given momentum (steps, N, d); inputs and outputs as in `langevin`."""
-        return self._block(hmc_block, position, energy, grad, momenta, uniform, np.float32(step_size),
+        return self._block(position, energy, grad, momenta, uniform, np.float32(step_size), True,
                            int(leapfrog_steps))
 
-    def _block(self, block, position, energy, grad, normals, uniform, *settings):
-        """`block` (a `langevin_block`-like kernel) over all chains, split over the threads."""
+    def _block(self, position, energy, grad, normals, uniform, *settings):
+        """`chain_block` over all chains, split over the threads; `settings`: ε, adjusted, leapfrog steps."""
         position = self._positions(position).copy()
         energy, grad = _array(energy).copy(), _array(grad).copy()
         normals, uniform = _array(normals), _array(uniform)
@@ -356,8 +351,8 @@ class FastEnergy:
         energies, acceptance = np.empty((steps, chains), np.float32), np.empty((steps, chains), np.float32)
 
         def work(first: int, stop: int) -> None:  # each thread moves its own chains and writes their columns
-            block(first, stop, position, energy, grad, normals, uniform, *settings, trajectory, energies, acceptance,
-                  *self._weights())
+            chain_block(first, stop, position, energy, grad, normals, uniform, *settings, trajectory, energies,
+                        acceptance, *self._weights())
 
         _map_over_chains(work, chains, steps)
         return tuple(map(torch.from_numpy, (position, energy, grad, trajectory, energies, acceptance)))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .validation import setting, validate_fields
+from .validation import Settings, setting
 
 IMAGE_PIXELS = 28 * 28
 MAX_LAYERS = 16
@@ -15,14 +15,11 @@ MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate:
 
 
 @dataclass
-class AutoencoderConfig:
+class AutoencoderConfig(Settings):
     """Shape of the MLP autoencoder 784 -> hidden -> hidden -> latent -> hidden -> hidden -> 784."""
 
     hidden_dim: int = setting(512, low=1, high=MAX_WIDTH)
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH)
-
-    def __post_init__(self):
-        validate_fields(self)  # configs also come from file metadata: no absurd allocation
 
 
 class Autoencoder(nn.Module):
@@ -53,16 +50,13 @@ class Autoencoder(nn.Module):
 
 
 @dataclass
-class EnergyConfig:
+class EnergyConfig(Settings):
     """Shape of the energy net E(z) = MLP(z) + |z|^2 / (2 tilt_sigma^2) on standardized codes."""
 
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH)
     hidden_dim: int = setting(96, low=1, high=MAX_WIDTH)
     num_layers: int = setting(3, low=1, high=MAX_LAYERS)
     tilt_sigma: float = setting(3.0, low=0.0, low_open=True)
-
-    def __post_init__(self):
-        validate_fields(self)
 
 
 class EnergyNet(nn.Module):

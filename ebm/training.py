@@ -22,11 +22,11 @@ from .data import DATASETS, DEFAULT_THRESHOLD
 from .generate import MAX_SEED
 from .models import MAX_LAYERS, MAX_WIDTH, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
-from .validation import setting, validate_fields
+from .validation import Settings, setting, validate_fields
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Settings):
     """Everything that defines a training run; stored in the weights' metadata. Checked when made.
 
     Each field declares its bounds, label and help once (`setting`): the CLI's flags and the
@@ -89,8 +89,6 @@ class TrainConfig:
     negatives_every: int = setting(0, low=0, ui_high=10_000, step=10, label="Show negatives every",
                                    help="Decode a few negatives every N iterations (0: never)")
 
-    def __post_init__(self):
-        validate_fields(self)
 
     def autoencoder_config(self) -> AutoencoderConfig:
         """The autoencoder's shape in these settings."""

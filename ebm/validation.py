@@ -1,8 +1,8 @@
 """One validator per kind of value, and settings that carry their own bounds.
 
 A setting is declared once, as a dataclass field made by `setting(...)`: its default, its
-range or choices, a label and a help text. The dataclass calls `validate_fields(self)` in
-`__post_init__`, so a value is checked where it is made; the CLI's flags, the app's URL
+range or choices, a label and a help text. The dataclass derives from `Settings`, whose
+`__post_init__` calls `validate_fields(self)`, so a value is checked where it is made; the CLI's flags, the app's URL
 parameters and its forms read the same bounds and labels (`spec(cls, name)`), so they
 cannot drift from what the core accepts.
 """
@@ -135,3 +135,14 @@ def validate_fields(obj: Any) -> None:
     for f in dataclasses.fields(obj):
         if "spec" in f.metadata:
             object.__setattr__(obj, f.name, f.metadata["spec"].check(f.name, getattr(obj, f.name)))
+
+
+class Settings:
+    """Base of settings dataclasses: their `setting` fields are checked (and converted) when an instance is made.
+
+    Settings come from forms, URLs, the command line and file metadata; a check when made means a value
+    that exists is valid, and nothing downstream checks it again (nor allocates an absurd model for it).
+    """
+
+    def __post_init__(self):
+        validate_fields(self)

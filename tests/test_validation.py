@@ -9,7 +9,7 @@ import pytest
 
 from ebm.models import AutoencoderConfig, EnergyConfig
 from ebm.training import TrainConfig
-from ebm.validation import Spec, argparse_type, check_choice, check_float, check_int, setting, spec, validate_fields
+from ebm.validation import Settings, Spec, argparse_type, check_choice, check_float, check_int, setting, spec
 
 
 @pytest.mark.parametrize("value", [True, 1.5, math.inf, math.nan, "3", None, 0, 11])
@@ -40,13 +40,10 @@ def test_check_choice_is_exact():
 
 
 @dataclass(frozen=True)
-class Example:
+class Example(Settings):
     steps: int = setting(10, low=1, high=100, label="number of steps", help="how many")
     rate: float = setting(0.1, low=0.0, low_open=True)
     size: int | None = setting(None, low=1, optional=True)
-
-    def __post_init__(self):
-        validate_fields(self)
 
 
 def test_settings_are_checked_when_made_and_name_their_label_and_field():

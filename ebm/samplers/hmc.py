@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..validation import setting, validate_fields
+from ..validation import Settings, setting
 from .base import EnergyAndGrad, SamplerInfo, SamplingAlgorithm, chain_algorithm, check_step_size, compiled_block
 from .integrators import leapfrog
 from .metropolis import metropolis_hastings
@@ -22,14 +22,12 @@ MAX_LEAPFROG_STEPS = 32  # an iteration costs L gradients: beyond this, longer p
 
 
 @dataclass(frozen=True)
-class HMCParams:
+class HMCParams(Settings):
     """HMC's own parameter besides ε."""
 
     leapfrog_steps: int = setting(5, low=1, high=MAX_LEAPFROG_STEPS, label="leapfrog steps L",
                                   help="Leapfrog steps per HMC iteration, each one gradient of the energy")
 
-    def __post_init__(self):
-        validate_fields(self)
 
     @property
     def gradients_per_step(self) -> int:
