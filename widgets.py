@@ -672,7 +672,8 @@ def live_sample(frame: LiveFrame, now: str = "Live") -> None:
     line = {"field": "line", "type": "nominal", "legend": None,  # the subtitle says which is which
             "scale": {"domain": [chains, mean], "range": [CHAIN_GREY, MEAN_RED]}}
     energy.vega_lite_chart(data, height=320, spec={
-        "title": {"text": "Energy per chain", "anchor": "start", "subtitle": f"grey: {n} chains, red: the mean"},
+        "title": {"text": "Energy per chain", "anchor": "start", "subtitle": f"grey: {n} chains, red: the mean",
+                  "subtitleColor": "#888888"},  # Vega's default subtitle grey is unreadable on the dark theme
         "encoding": {"x": {"field": "step", "type": "quantitative", "scale": {"domain": [0, frame.num_steps]}},
                      "y": {"field": "energy", "type": "quantitative", "title": "E(z)"},
                      "detail": {"field": "series"}, "color": line},

@@ -78,9 +78,9 @@ def catch_live(page, server) -> tuple[dict, dict]:
     for attempt in range(ATTEMPTS):
         page.goto(f"{server['url']}/{LIVE_REQUEST}&seed={page.seed + attempt}")
         first = live_frame(page, None)
-        if first != "finished":
-            page.screenshot(path=str(SHOTS / f"sample_live{page.suffix}.png"))  # the screen, quickly: it runs on
         second = "finished" if first == "finished" else live_frame(page, first["src"])
+        if second != "finished":  # the screen, quickly: it runs on; by the second frame the chart has drawn too
+            page.screenshot(path=str(SHOTS / f"sample_live{page.suffix}.png"))
         if second == "finished":
             missed.append(f"seed {page.seed + attempt}: finished after {0 if first == 'finished' else 1} frame(s)")
             continue
