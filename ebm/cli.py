@@ -25,7 +25,7 @@ from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
-from .samplers import SAMPLERS, param_specs
+from .samplers import SAMPLERS, all_param_specs, param_specs
 from .threads import limit_native_threads
 from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
 from .validation import Spec, argparse_type, spec
@@ -163,7 +163,7 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                                 + ", ".join(f"{name} {info.step_size:g}" for name, info in SAMPLERS.items()) + ")")
         elif f.name != "sampler_params":
             setting_flag(p, SampleSettings, f.name, *SAMPLE_FLAG_NAMES.get(f.name, ()))
-    for name, (default, param) in sampler_param_flags().items():  # e.g. --leapfrog-steps, HMC's L
+    for name, (default, param) in all_param_specs().items():  # e.g. --leapfrog-steps, HMC's L
         owners = ", ".join(s for s in SAMPLERS if name in param_specs(s))
         p.add_argument("--" + name.replace("_", "-"), type=argparse_type(param, name), default=None,
                        help=f"{param.help} ({owners} only; default {default})")
@@ -175,14 +175,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="how many chains the GIF shows")
 
 
-def sampler_param_flags() -> dict:
-    """Every registered sampler's own parameters, name -> (default, Spec): one flag each."""
-    return {name: spec for sampler in SAMPLERS for name, spec in param_specs(sampler).items()}
-
-
 def run_sample(args: argparse.Namespace) -> dict:
     """`sample`: run the chains, write grid.png, chains.gif (and --out's .npy); print the settings and acceptance."""
-    given = {name: getattr(args, name) for name in sampler_param_flags() if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in all_param_specs() if getattr(args, name) is not None}
     foreign = [name for name in given if name not in param_specs(args.sampler)]
     if foreign:
         raise SystemExit(f"error: --{foreign[0].replace('_', '-')} is not a parameter of --sampler {args.sampler}")

@@ -38,8 +38,8 @@ from .base import (
 __all__ = [
     "BLOCK_STEPS", "DEFAULT_TARGET_ACCEPTANCE", "MAX_CHAINS", "MAX_STEPS", "SAMPLERS", "ChainResult", "ChainState",
     "EnergyAndGrad", "ReplayBuffer", "SamplerInfo", "SamplingAlgorithm", "StepInfo", "Traces", "adapted_step_size",
-    "build_sampler", "check_positions", "check_step_size", "contrasting_sampler", "gradients_per_step", "param_specs",
-    "run_chains", "sampler_info", "sampler_params",
+    "all_param_specs", "build_sampler", "check_positions", "check_step_size", "contrasting_sampler",
+    "gradients_per_step", "param_specs", "run_chains", "sampler_info", "sampler_params",
 ]
 
 SAMPLERS: dict[str, SamplerInfo] = {"ula": ula.INFO, "mala": mala.INFO, "hmc": hmc.INFO}
@@ -58,6 +58,11 @@ def param_specs(name: str) -> dict[str, tuple[Any, Spec]]:
     return {f.name: (f.default, f.metadata["spec"]) for f in dataclasses.fields(sampler_info(name).params)}
 
 
+def all_param_specs() -> dict[str, tuple[Any, Spec]]:
+    """Every registered sampler's own parameters, name -> (default, Spec)."""
+    return {param: spec for name in SAMPLERS for param, spec in param_specs(name).items()}
+
+
 def sampler_params(name: str, given: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> tuple[tuple[str, Any], ...]:
     """`given` made the parameters of sampler `name`: validated, defaults filled in, in declaration order.
 
@@ -68,7 +73,7 @@ def sampler_params(name: str, given: Mapping[str, Any] | Iterable[tuple[str, Any
         given = dict(given)
     except (TypeError, ValueError):
         raise ValueError(f"sampler parameters must be (name, value) pairs or a mapping, got {given!r}") from None
-    known = {p for other in SAMPLERS for p in param_specs(other)}
+    known = set(all_param_specs())
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(f"no sampler has a parameter {unknown[0]!r}; the parameters are {sorted(known) or 'none'}")
