@@ -4,7 +4,8 @@
 Likelihood: the density over standardized codes is exp(-E(c)) / Z. In 4-D, log Z can simply be
 integrated on a grid (`ebm.quadrature`), checked once at double resolution in a wider box, and
 cross-checked by importance sampling (`ebm.importance`). Test NLL = mean E(test codes) + log Z,
-in nats per code, comparable with Gaussian and GMM baselines fitted to the same codes.
+in nats per code, comparable with Gaussian, GMM and normalizing-flow (`ebm.flow`) baselines fitted to the
+same codes.
 
 Sample quality (`ebm.metrics`): FID, an Inception-score analogue, the class histogram and kNN
 precision/recall on an MNIST classifier's outputs. Decoded test codes (`reconstruction`) show
@@ -23,12 +24,14 @@ import numpy as np
 import scipy
 import sklearn
 import torch
+import zuko
 from sklearn.mixture import GaussianMixture
 
 from .ais import annealed_log_z
 from .classifier import MnistClassifier
 from .data import load_binarized
 from .diagnostics import effective_sample_size, marginal_w1, marginal_w1_noise, split_rhat
+from .flow import FlowSettings, fit_flow, flow_nll, sample_flow
 from .generate import SampleSettings, decode_binary, sample_chains
 from .importance import IS_SAMPLES, importance_log_z
 from .metrics import Reference, image_metrics
@@ -85,13 +88,15 @@ def evaluate(
     num_samples: int = 10_000,
     seed: int = 0,
     sample_settings: SampleSettings | None = None,
+    flow_settings: FlowSettings | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """Evaluate a LatentEBM against its baselines; returns a JSON-ready dict (see module doc).
 
     Samples: `sample_settings` (default: SampleSettings() with num_samples chains and `seed`);
     the other Langevin sampler (ULA for MALA) is also run with the same settings, for the
-    diagnostics only, to show the bias of the unadjusted chain at that step size.
+    diagnostics only, to show the bias of the unadjusted chain at that step size. The flow
+    baseline is fitted with `flow_settings` (default: FlowSettings(), issue 11's recipe) and `seed`.
     """
     if not 10 <= num_samples <= 60_000:
         raise ValueError(f"num_samples must be in [10, 60000], got {num_samples}")
@@ -136,6 +141,12 @@ def evaluate(
         results[name] = {"test_nll_nats": float(-gmm.score(test_codes.double().numpy())),
                          **image_metrics(classifier, decode_binary(model, codes), reference)}
         lap(name)
+    flow_settings = flow_settings or FlowSettings()
+    flow = fit_flow(train_codes, flow_settings, seed, log)
+    codes = sample_flow(flow, num_samples, seed)
+    results["flow"] = {"test_nll_nats": flow_nll(flow, test_codes),
+                       **image_metrics(classifier, decode_binary(model, codes), reference)}
+    lap("flow")
     reconstructions = decode_binary(model, test_codes[:num_samples])
     results["reconstruction"] = {"test_nll_nats": None, **image_metrics(classifier, reconstructions, reference)}
     subset = torch.from_numpy(np.random.default_rng(seed).choice(len(train_x), num_samples, replace=False))
@@ -153,8 +164,10 @@ def evaluate(
         "grid_resolution": GRID_RESOLUTION, "grid_margin": GRID_MARGIN, "importance_samples": IS_SAMPLES,
         "baselines": {name: f"sklearn GaussianMixture({k}, covariance_type='full', random_state={seed})"
                       for name, k in BASELINES.items()},
+        "flow": {"library": f"zuko {zuko.__version__} flows.NSF", "seed": seed, **flow_settings.as_dict()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-                     "scipy": scipy.__version__, "scikit-learn": sklearn.__version__},
+                     "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+                     "zuko": zuko.__version__},
     }
     results["timings_s"] = timings
     results["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -193,7 +206,7 @@ def report_markdown(results: dict) -> str:
         "| model | test NLL (nats/code) | FID ↓ | IS ↑ | class entropy (bits) | min class share | precision | recall |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("ebm", *BASELINES, "reconstruction", "data"):
+    for name in ("ebm", *BASELINES, "flow", "reconstruction", "data"):
         r = results[name]
         rows.append(f"| {name} | {_fmt(r['test_nll_nats'])} | {_fmt(r['fid'], 2)} | {_fmt(r['inception_score'], 2)} | "
                     f"{_fmt(r['class_entropy_bits'])} | {_fmt(r['class_min_share'])} | "

@@ -7,6 +7,7 @@ test set is only used (to check the shipped classifier's accuracy) when EBM_DATA
 """
 
 import argparse
+import functools
 import gzip
 import json
 import math
@@ -262,3 +263,24 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     assert saved["settings"]["sample_settings"]["num_chains"] == 100
     report = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| gmm50 |" in report and "importance sampling" in report
+
+
+def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
+    """The flow row: an NLL over the same test codes and the same image metrics as the other baselines."""
+    from ebm.flow import FlowSettings
+
+    monkeypatch.setattr(ev, "GRID_RESOLUTION", 8)
+    monkeypatch.setattr(ev, "IS_SAMPLES", 2000)
+    monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1})
+    monkeypatch.setattr(ev, "annealed_log_z", functools.partial(ev.annealed_log_z, num_chains=64, num_temperatures=20))
+    _write_fake_mnist(tmp_path / "data")
+    tiny = FlowSettings(transforms=1, hidden_width=8, bins=4, epochs=2)
+    results = ev.evaluate(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), load_classifier()[0],
+                          tmp_path / "data", num_samples=100, flow_settings=tiny)
+    flow = json.loads(json.dumps(results))["flow"]
+    assert math.isfinite(flow["test_nll_nats"]) and flow["num_images"] == 100
+    assert results["gaussian"].keys() == flow.keys()
+    assert results["settings"]["flow"] == {"library": "zuko 1.6.0 flows.NSF", "seed": 0, **tiny.as_dict()}
+    assert "flow" in results["timings_s"]
+    report = ev.report_markdown(results)
+    assert "| flow |" in report and report.index("| gaussian |") < report.index("| flow |") < report.index("| data |")
