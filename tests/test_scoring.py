@@ -9,9 +9,12 @@ import os
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.nn.functional import binary_cross_entropy_with_logits
 
-from ebm import scoring
+from ebm import data, scoring
+from ebm.checkpoint import save_model
+from ebm.cli import main
 from ebm.models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
 
 
@@ -180,3 +183,47 @@ def test_the_shipped_model_tells_digits_from_clothes():
     assert roc_auc_score(labels, np.r_[inside.log_p_x, outside.log_p_x]) >= 0.95
     assert np.median(inside.effective_sample_size) > 0.5 * scoring.IS_DRAWS
     assert np.median(inside.log_p_x_standard_error) < 0.1
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def write_one(path) -> None:
+    """A dark "1" on white, as a PNG."""
+    picture = np.full((60, 40), 255, np.uint8)
+    picture[10:50, 15:25] = 0
+    Image.fromarray(picture).save(path)
+
+
+def test_score_command_prints_json_and_writes_the_preprocessed_digit(tiny_model, tiny_data_dir, tmp_path, capsys):
+    weights = save_model(tiny_model[0], tmp_path / "m.safetensors")
+    write_one(tmp_path / "one.png")
+    main(["score", str(tmp_path / "one.png"), "--weights", str(weights), "--data-dir", str(tiny_data_dir),
+          "--out", str(tmp_path / "out" / "digit.png")])
+    result = json.loads(capsys.readouterr().out)
+    assert set(scoring.ImageScore._fields) <= set(result)
+    assert result["verdict"] in (scoring.INLIER, scoring.OUTLIER)
+    assert result["reference"]["num_images"] == 128  # all the tiny test set
+    assert math.isfinite(result["log_p_x"]) and result["log_p_x_standard_error"] > 0
+    digit = np.asarray(Image.open(tmp_path / "out" / "digit.png"))
+    assert digit.shape == (28, 28) and set(np.unique(digit)) == {0, 255} and result["written"].endswith("digit.png")
+
+
+def test_score_command_errors_are_one_line(tiny_model, tiny_data_dir, tmp_path, monkeypatch):
+    weights = str(save_model(tiny_model[0], tmp_path / "m.safetensors"))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (tmp_path / "blank.png").write_bytes(b"")
+    cases = {str(tmp_path / "missing.png"): "cannot read the image", str(tmp_path / "bad.png"): "corrupt|not an image",
+             str(tmp_path / "blank.png"): "empty"}
+    for path, message in cases.items():
+        with pytest.raises(SystemExit, match=message):
+            main(["score", path, "--weights", weights, "--data-dir", str(tiny_data_dir)])
+
+    def offline(*args):
+        raise data.DatasetError("offline: no MNIST here")
+
+    monkeypatch.setattr(data, "_fetch", offline)
+    good = tmp_path / "good.png"
+    write_one(good)
+    with pytest.raises(SystemExit, match="no MNIST"):
+        main(["score", str(good), "--weights", weights, "--data-dir", str(tmp_path / "empty")])
