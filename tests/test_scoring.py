@@ -168,7 +168,7 @@ def test_bad_images_are_refused():
         scoring.score_images(model, torch.zeros(1, 784), 0.0, num_draws=1)
 
 
-@pytest.mark.skipif(not os.environ.get("EBM_DATA_DIR"), reason="needs MNIST and Fashion-MNIST in EBM_DATA_DIR")
+@pytest.mark.skipif(not os.environ.get("EBM_DATA_DIR"), reason="needs MNIST in EBM_DATA_DIR")
 def test_the_shipped_model_tells_digits_from_clothes():
     from sklearn.metrics import roc_auc_score
 
@@ -177,7 +177,10 @@ def test_the_shipped_model_tells_digits_from_clothes():
 
     model, _ = load_model()
     digits, _ = load_binarized("mnist", "test", os.environ["EBM_DATA_DIR"], download=False)
-    clothes, _ = load_binarized("fashion-mnist", "test", os.environ["EBM_DATA_DIR"], download=False)
+    try:  # copied in from Debian's dataset-fashion-mnist the first time (.ci/run installs it)
+        clothes, _ = load_binarized("fashion-mnist", "test", os.environ["EBM_DATA_DIR"])
+    except data.DatasetError as e:
+        pytest.skip(f"no Fashion-MNIST: {e}")
     inside, outside = (scoring.score_images(model, x[:100], 0.0) for x in (digits, clothes))
     labels = np.r_[np.ones(100), np.zeros(100)]
     assert roc_auc_score(labels, np.r_[inside.log_p_x, outside.log_p_x]) >= 0.95
