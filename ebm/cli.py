@@ -1,4 +1,4 @@
-"""Command line: `python -m ebm train | sample | evaluate | train-classifier`.
+"""Command line: `python -m ebm train | sample | evaluate | score | train-classifier`.
 
 Every command is a thin wrapper over the package: argument parsing, tqdm progress, files.
 """
@@ -24,8 +24,10 @@ from .data import DatasetError, default_data_dir, load_binarized
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
+from .preprocess import ImageError, preprocess_bytes
 from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .samplers import SAMPLERS, all_param_specs, param_specs
+from .scoring import build_reference, prior_log_z, score_image
 from .threads import limit_native_threads
 from .training import DivergenceError, TrainConfig, build_model, run_metadata, train, weights_bytes
 from .validation import Spec, argparse_type, spec
@@ -261,8 +263,46 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     return results
 
 
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    """`score`'s flags: the picture, the model, where MNIST is, and where the preprocessed digit goes."""
+    p.add_argument("image", type=Path, help="a picture of one digit (PNG, JPEG, ...; any size, any colours)")
+    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="model weights to score with")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="dataset root with MNIST, for log Z and the test digits compared with (default $EBM_DATA_DIR "
+                        "or data/)")
+    p.add_argument("--out", type=Path, default=None, help="also write the preprocessed 28×28 digit as this PNG")
+
+
+def run_score(args: argparse.Namespace) -> dict:
+    """`score`: preprocess the picture, score it among MNIST test digits (`ebm.scoring`), print JSON."""
+    try:
+        data = args.image.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read the image {args.image}: {e.strerror or type(e).__name__}") from None
+    try:
+        model, meta = load_model(args.weights)
+        image = preprocess_bytes(data, meta.get("threshold", 0.5))
+        test_x, _ = load_binarized(meta.get("dataset", "mnist"), "test", args.data_dir or default_data_dir(),
+                                   meta.get("threshold", 0.5))
+    except ImageError as e:
+        raise SystemExit(f"error: {args.image}: {e}") from None
+    except (WeightsError, DatasetError) as e:
+        raise SystemExit(f"error: {e}") from None
+    model.eval()
+    reference = build_reference(model, test_x, prior_log_z(model, model.encode(test_x)))
+    result = {"image": str(args.image), **score_image(model, image, reference).to_dict(),
+              "reference": {"num_images": len(reference.log_p_x), "log_z": reference.log_z,
+                            "outlier_log_p_x": reference.outlier_log_p_x, "seconds": round(reference.seconds, 2)}}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(png_bytes(image.reshape(28, 28).numpy().astype(np.uint8) * 255))
+        result["written"] = str(args.out)
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m ebm` parser: one subcommand each for train, sample, evaluate and train-classifier."""
+    """The `python -m ebm` parser: one subcommand each for train, sample, evaluate, score and train-classifier."""
     parser = argparse.ArgumentParser(prog="python -m ebm",
                                      description="Energy-based model of MNIST in a 4-D latent space")
     parser.add_argument("--version", action="version", version=__version__)
@@ -270,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(sub.add_parser("train", help="train the autoencoder and the energy net"))
     add_sample_arguments(sub.add_parser("sample", help="draw digits by Langevin dynamics"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
+    add_score_arguments(sub.add_parser("score", help="how likely one picture of a digit is under the model"))
     add_train_classifier_arguments(sub.add_parser("train-classifier",
                                                   help="retrain the MNIST classifier used by the metrics"))
     return parser
@@ -285,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
         run_sample(args)
     elif args.command == "evaluate":
         run_evaluate(args)
+    elif args.command == "score":
+        run_score(args)
     elif args.command == "train-classifier":
         run_train_classifier(args)
 

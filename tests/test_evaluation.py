@@ -227,9 +227,9 @@ def test_classifier_round_trip_and_clear_errors(tmp_path):
 # --- the whole pipeline on a tiny synthetic MNIST ---------------------------------------
 
 
-def _write_fake_mnist(root: Path, n_train=300, n_test=200) -> None:
+def _write_fake_mnist(root: Path, n_train=300, n_test=200, folder="MNIST") -> None:
     rng = np.random.default_rng(0)
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * 255
@@ -244,7 +244,9 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "GRID_RESOLUTION", 8)
     monkeypatch.setattr(ev, "IS_SAMPLES", 2000)
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1, "gmm10": 2, "gmm50": 3})  # same keys, faster fits
+    monkeypatch.setattr(ev, "OOD_IMAGES", 50)
     _write_fake_mnist(tmp_path / "data")
+    _write_fake_mnist(tmp_path / "data", folder="FashionMNIST")  # else it is copied from the Debian package
     weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
     args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0, sampler="mala",
                               data_dir=tmp_path / "data", out_dir=tmp_path / "eval", threads=torch.get_num_threads())
@@ -263,6 +265,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     assert saved["settings"]["sample_settings"]["num_chains"] == 100
     report = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| gmm50 |" in report and "importance sampling" in report
+    assert saved["ood"]["num_images"] == 50 and "| fashion-mnist |" in report
 
 
 def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
@@ -273,7 +276,9 @@ def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "IS_SAMPLES", 2000)
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1})
     monkeypatch.setattr(ev, "annealed_log_z", functools.partial(ev.annealed_log_z, num_chains=64, num_temperatures=20))
+    monkeypatch.setattr(ev, "OOD_IMAGES", 50)
     _write_fake_mnist(tmp_path / "data")
+    _write_fake_mnist(tmp_path / "data", folder="FashionMNIST")
     tiny = FlowSettings(transforms=1, hidden_width=8, bins=4, epochs=2)
     results = ev.evaluate(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), load_classifier()[0],
                           tmp_path / "data", num_samples=100, flow_settings=tiny)
@@ -284,3 +289,45 @@ def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
     assert "flow" in results["timings_s"]
     report = ev.report_markdown(results)
     assert "| flow |" in report and report.index("| gaussian |") < report.index("| flow |") < report.index("| data |")
+
+
+# --- out-of-distribution detection -------------------------------------------------------
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)).eval()
+
+
+def test_ood_detection_scores_each_set_and_energy_ranks_as_log_p_z(tmp_path):
+    """Fashion-MNIST replaced by MNIST itself: every score is at chance (AUROC ~ 0.5) against it."""
+    _write_fake_mnist(tmp_path, n_test=400)
+    _write_fake_mnist(tmp_path, n_test=400, folder="FashionMNIST")
+    from ebm.data import load_binarized
+
+    test_x, _ = load_binarized("mnist", "test", tmp_path)
+    ood = ev.ood_detection(_tiny_model(), test_x, log_z=1.0, data_dir=tmp_path, num_images=200, seed=0)
+    assert ood["num_images"] == 200 and set(ood) >= {"mnist", "fashion-mnist", "noise"}
+    for name in ("fashion-mnist", "noise"):
+        auroc = ood[name]["auroc"]
+        assert auroc["energy"] == auroc["log_p_z"]  # log Z is a constant: the same ranking
+        assert all(0 <= v <= 1 for v in auroc.values()) and 0 <= ood[name]["flagged_share"] <= 1
+    assert abs(ood["fashion-mnist"]["auroc"]["log_p_x"] - 0.5) < 0.12
+    assert ev.ood_detection(_tiny_model(), test_x, 1.0, tmp_path, 200, seed=0) == ood  # same seed, same numbers
+    lines = "\n".join(ev._ood_lines(ood))
+    assert "equal by construction" in lines and "| noise |" in lines and "| mnist (in) |" in lines
+
+
+def test_ood_detection_says_why_fashion_mnist_is_missing(tmp_path, monkeypatch):
+    from ebm import data
+
+    def offline(*args):
+        raise data.DatasetError("offline and no Debian copy")
+
+    monkeypatch.setattr(data, "_fetch", offline)
+    test_x = (torch.rand(100, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    ood = ev.ood_detection(_tiny_model(), test_x, 1.0, tmp_path / "empty", num_images=50)
+    assert "offline and no Debian copy" in ood["fashion-mnist"]["error"] and "auroc" in ood["noise"]
+    lines = ev._ood_lines(ood)
+    assert any(line.startswith("| fashion-mnist | not loaded") for line in lines)
+    assert any("offline and no Debian copy" in line for line in lines)
