@@ -14,6 +14,11 @@ so `sample_posterior` adapts ε in a warm-up whose steps are not kept, then runs
 fixed, which keeps MALA exact. Chains start from sampling-importance-resampling: a pool
 of N(0, I) codes weighted by posterior / N(0, I), which puts starts in every basin the visible pixels
 allow, in about the right proportions (see `posterior_starts`).
+
+Measured (`inpainting_accuracy`, first 1,000 MNIST test digits, bottom half hidden, one completion each,
+200 MALA steps after the warm-up, seed 0): the image classifier reads the true label in 86.5% of completions
+with SIR starts, 82.0% starting from the encoder's code of the masked digit, 68.4% from N(0, I) noise;
+full reconstructions (the ceiling that the 4-D code allows) 85.9%, the top half alone 51.4%.
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def posterior_starts(log_posterior: torch.Tensor, pool: torch.Tensor, per_image:
 
     Resampling from the weighted pool is an approximate posterior draw: the chains start in the basins
     the visible pixels allow, as often as the posterior weighs them (an encoder code of the masked image
-    finds one basin at most; see the module doc of `ebm.energies` for the measurements).
+    finds one basin at most; the module doc has the measurements).
     """
     log_w = log_posterior + 0.5 * pool.square().sum(-1)
     idx = torch.multinomial(torch.softmax(log_w.double(), -1), per_image, replacement=True, generator=generator)
