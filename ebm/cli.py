@@ -218,7 +218,7 @@ def latent_classifier_for(model, meta: dict, args: argparse.Namespace):
         except WeightsError as e:
             raise SystemExit(f"error: {e}") from None
     print(f"note: no latent classifier at {path}, so one is trained now (seconds); to keep one, run "
-          f"`python -m ebm train-latent-classifier --weights {args.weights}`", file=sys.stderr)
+          f"`python -m ebm train-latent-classifier --weights {args.weights} --out {path}`", file=sys.stderr)
     return fit_latent_classifier(model, meta, args.data_dir)[0]
 
 
