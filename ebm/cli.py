@@ -1,4 +1,4 @@
-"""Command line: `python -m ebm train | sample | evaluate | score | train-classifier`.
+"""Command line: `python -m ebm train | sample | evaluate | score | train-classifier | train-latent-classifier`.
 
 Every command is a thin wrapper over the package: argument parsing, tqdm progress, files.
 """
@@ -20,6 +20,16 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
 from .classifier import DEFAULT_CLASSIFIER, add_train_classifier_arguments, load_classifier, run_train_classifier
+from .conditioning import (
+    ClassSettings,
+    class_shares,
+    latent_accuracy,
+    latent_classifier_path,
+    load_latent_classifier,
+    sample_classes,
+    save_latent_classifier,
+    train_latent_classifier,
+)
 from .data import DatasetError, default_data_dir, load_binarized
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
@@ -175,6 +185,43 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the decoded images as an (N, 28, 28) .npy")
     p.add_argument("--gif-chains", type=argparse_type(Spec("int", low=1), "gif-chains"), default=64,
                    help="how many chains the GIF shows")
+    p.add_argument("--digit", default="", help="draw only these digits, e.g. 7 or 3,8 (any of them)")
+    p.add_argument("--exclude", default="", help="never draw these digits, e.g. 1,7")
+    setting_flag(p, ClassSettings, "class_weight")
+    p.add_argument("--latent-classifier", type=Path, default=None,
+                   help="p(digit | code) for --digit/--exclude (default: beside --weights, *.classes.safetensors)")
+
+
+def data_for(meta: dict, split: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The binarized split of the dataset a model was trained on (its metadata says which); exits on a data error."""
+    try:
+        return load_binarized(meta.get("dataset", "mnist"), split, data_dir or default_data_dir(),
+                              meta.get("threshold", 0.5))
+    except DatasetError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def fit_latent_classifier(model, meta: dict, data_dir: Path | None, seed: int = 0):
+    """A latent classifier for `model`, trained on its training data's codes; returns it and its extra metadata."""
+    train_x, train_y = data_for(meta, "train", data_dir)
+    test_x, test_y = data_for(meta, "test", data_dir)
+    classifier = train_latent_classifier(model, train_x, train_y, seed=seed)
+    return classifier, {"dataset": meta.get("dataset", "mnist"), "seed": seed,
+                        "test_accuracy": round(latent_accuracy(classifier, model, test_x, test_y), 4)}
+
+
+def latent_classifier_for(model, meta: dict, args: argparse.Namespace):
+    """The latent classifier at --latent-classifier (or beside --weights); trained on the fly, with a note,
+    when there is none."""
+    path = args.latent_classifier or latent_classifier_path(args.weights)
+    if path.exists():
+        try:
+            return load_latent_classifier(path, model)[0]
+        except WeightsError as e:
+            raise SystemExit(f"error: {e}") from None
+    print(f"note: no latent classifier at {path}, so one is trained now (seconds); to keep one, run "
+          f"`python -m ebm train-latent-classifier --weights {args.weights} --out {path}`", file=sys.stderr)
+    return fit_latent_classifier(model, meta, args.data_dir)[0]
 
 
 def run_sample(args: argparse.Namespace) -> dict:
@@ -187,23 +234,20 @@ def run_sample(args: argparse.Namespace) -> dict:
         step_size = SAMPLERS[args.sampler].step_size if args.step_size is None else args.step_size
         chosen = {f.name: getattr(args, f.name) for f in fields(SampleSettings) if f.name in vars(args)}
         settings = SampleSettings(**{**chosen, "step_size": step_size, "sampler_params": given})
+        classes = ClassSettings(args.digit, args.exclude, args.class_weight)
         model, meta = load_model(args.weights)
     except (ValueError, WeightsError) as e:
         raise SystemExit(f"error: {e}") from None
     pick_device(args.device)
-    data_codes = None
-    if settings.start == "data":
-        try:
-            images, _ = load_binarized(meta.get("dataset", "mnist"), "train", args.data_dir or default_data_dir(),
-                                       meta.get("threshold", 0.5))
-        except DatasetError as e:
-            raise SystemExit(f"error: {e}") from None
-        data_codes = model.encode(images)
-    with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
-        def advance(step: int) -> None:
-            bar.update(step - bar.n)
+    if classes.conditional:
+        result, step_size = sample_classes(model, latent_classifier_for(model, meta, args), classes, settings)
+    else:
+        data_codes = model.encode(data_for(meta, "train", args.data_dir)[0]) if settings.start == "data" else None
+        with tqdm(total=settings.num_steps, desc="sampling", unit="step", dynamic_ncols=True) as bar:
+            def advance(step: int) -> None:
+                bar.update(step - bar.n)
 
-        result = sample_chains(model, settings, data_codes, callback=advance)
+            result = sample_chains(model, settings, data_codes, callback=advance)
     final = decode_binary(model, result.state.position)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     shown = min(args.gif_chains, settings.num_chains)
@@ -215,9 +259,44 @@ def run_sample(args: argparse.Namespace) -> dict:
     if args.out is not None:
         np.save(args.out, final.reshape(-1, 28, 28).numpy().astype(np.float32))
         written["npy"] = str(args.out)
-    acc = result.acceptance.mean().item()
-    print(json.dumps({"settings": settings.as_dict(), "mean_acceptance": round(acc, 4), "written": written}))
+    report = {"settings": settings.as_dict(), "mean_acceptance": round(result.acceptance.mean().item(), 4),
+              "written": written}
+    if classes.conditional:
+        classifier, _ = load_classifier_or_exit(DEFAULT_CLASSIFIER)
+        report["classes"] = {"digits": list(classes.digits), "exclude": list(classes.exclude),
+                             "class_weight": classes.class_weight, "step_size_used": round(step_size, 4),
+                             **class_shares(classifier, final, classes.allowed)}
+    print(json.dumps(report))
     return written
+
+
+def load_classifier_or_exit(path: Path):
+    """`load_classifier(path)`, exiting with one sentence when the file cannot be used."""
+    try:
+        return load_classifier(path)
+    except WeightsError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def add_train_latent_classifier_arguments(p: argparse.ArgumentParser) -> None:
+    """`train-latent-classifier`'s flags: the model, the data, the seed and where the file goes."""
+    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="the model whose codes it classifies")
+    p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="file to write (default: beside --weights)")
+
+
+def run_train_latent_classifier(args: argparse.Namespace) -> Path:
+    """`train-latent-classifier`: fit p(digit | code) for --weights on its training data, save it beside them."""
+    try:
+        model, meta = load_model(args.weights)
+        out = check_weights_path(args.out or latent_classifier_path(args.weights))
+    except (ValueError, WeightsError) as e:
+        raise SystemExit(f"error: {e}") from None
+    classifier, extra = fit_latent_classifier(model, meta, args.data_dir, args.seed)
+    path = save_latent_classifier(classifier, model, out, extra)
+    print(f"test accuracy on codes {extra['test_accuracy']:.4f}; saved {path}")
+    return path
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -313,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_arguments(sub.add_parser("score", help="how likely one picture of a digit is under the model"))
     add_train_classifier_arguments(sub.add_parser("train-classifier",
                                                   help="retrain the MNIST classifier used by the metrics"))
+    add_train_latent_classifier_arguments(sub.add_parser("train-latent-classifier",
+                                                         help="train p(digit | code) for sample --digit"))
     return parser
 
 
@@ -330,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
         run_score(args)
     elif args.command == "train-classifier":
         run_train_classifier(args)
+    elif args.command == "train-latent-classifier":
+        run_train_latent_classifier(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ from .samplers import (
     SAMPLERS,
     ChainResult,
     ChainState,
+    EnergyAndGrad,
     SamplingAlgorithm,
     Traces,
     build_sampler,
@@ -84,15 +85,18 @@ def sample_chains(
     data_codes: torch.Tensor | None = None,
     callback: Callable[[int], bool | None] | None = None,
     watch: Callable[[ChainState, Traces], None] | None = None,
+    energy: EnergyAndGrad | None = None,
 ) -> ChainResult:
-    """Run the configured chains on the model's energy; deterministic for a given seed.
+    """Run the configured chains on the model's energy (or `energy`, e.g. a conditional one from
+    `ebm.conditioning`; default the prior's `model.sampling_energy()`); deterministic for a given seed.
 
     `callback` is `run_chains`'s; `watch(state, traces)` sees each block's last state and traces as it ends
     (a live view), before `callback`, and draws no random numbers, so the chains are the same with or without it.
     """
     generator = torch.Generator().manual_seed(int(settings.seed))
     start = initial_codes(settings, model.latent_dim, generator, data_codes)
-    sampler = build_sampler(settings.sampler, model.sampling_energy(), settings.step_size, generator,
+    energy = model.sampling_energy() if energy is None else energy
+    sampler = build_sampler(settings.sampler, energy, settings.step_size, generator,
                             **dict(settings.sampler_params))
     if watch is not None:
         sampler = watched(sampler, watch)
