@@ -4,7 +4,9 @@ EBM's samples cannot beat.
 
 Each candidate is a stage-1 TrainConfig trained by the real `ebm.training.train_autoencoder` on MNIST, on one
 torch thread; the candidates advance one epoch each in turn, so that load from other processes falls on all
-of them alike. Reconstructions are thresholded at 0.5 like `ebm.generate.decode_binary`.
+of them alike. The code noise comes from torch's global generator, which the candidates share in turn, so a
+candidate's figures depend on which candidates run beside it (the same command gives the same figures).
+Reconstructions are thresholded at 0.5 like `ebm.generate.decode_binary`.
 
 Run: python -m benchmarks.autoencoders [--epochs 12] [--candidates mlp conv conv-noise0.05] [--grid out.png]
 """
@@ -37,6 +39,7 @@ CANDIDATES = {
     "conv": CONV,
     "conv-noise0.05": dict(CONV, ae_latent_noise=0.05),
     "conv-noise0.2": dict(CONV, ae_latent_noise=0.2),
+    "conv-narrow": dict(CONV, ae_conv_channels=16),  # 1.7 M multiply-adds an image, the MLP's 1.3 M
     "conv-wide": dict(CONV, ae_conv_channels=64, ae_hidden_dim=512),
 }
 
