@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .models import IMAGE_PIXELS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
+from .models import CONV_GRID, IMAGE_PIXELS, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet
 from .training import TrainConfig
 from .validation import check_int
 
@@ -162,11 +162,21 @@ class TrainingTooCostly(ValueError):
     """A training above what the app runs; the message names the setting to lower."""
 
 
+def autoencoder_forward_macs(config: AutoencoderConfig) -> int:
+    """Multiply-adds of one image through the encoder and the decoder. MLP: 784 -> h -> h -> d and back.
+    Conv (c channels): a 4x4 kernel makes 16 x in x out multiply-adds per position of its smaller side, the
+    14 x 14 or 7 x 7 maps, for a convolution and a transposed one alike; then 7·7·2c -> h -> d and back."""
+    h, d, c = config.hidden_dim, config.latent_dim, config.conv_channels
+    if config.architecture == "conv":
+        flat = 2 * c * CONV_GRID**2
+        convs = 16 * ((2 * CONV_GRID) ** 2 * c + CONV_GRID**2 * c * 2 * c)
+        return 2 * (convs + flat * h + h * d)
+    return 2 * (IMAGE_PIXELS * h + h * h + h * d)
+
+
 def autoencoder_example_macs(config: TrainConfig) -> int:
-    """Multiply-adds of one image through the autoencoder and back: the forward pass
-    784 -> h -> h -> d -> h -> h -> 784 and a backward pass that costs twice as much."""
-    h, d = config.ae_hidden_dim, config.latent_dim
-    return 3 * 2 * (IMAGE_PIXELS * h + h * h + h * d)
+    """Multiply-adds of one training image: the forward pass and a backward pass that costs twice as much."""
+    return 3 * autoencoder_forward_macs(config.autoencoder_config())
 
 
 def autoencoder_batch_macs(config: TrainConfig) -> int:

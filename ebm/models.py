@@ -12,23 +12,50 @@ from .validation import Settings, setting
 IMAGE_PIXELS = 28 * 28
 MAX_LAYERS = 16
 MAX_WIDTH = 4096  # caps what a (possibly uploaded) config can make us allocate: ~100 MB of weights
+MAX_CHANNELS = 256  # the same for a conv autoencoder
+
+
+ARCHITECTURES = ("mlp", "conv")
+CONV_GRID = 7  # the conv encoder halves 28 x 28 twice: its second layer's maps are 7 x 7
 
 
 @dataclass
 class AutoencoderConfig(Settings):
-    """Shape of the MLP autoencoder 784 -> hidden -> hidden -> latent -> hidden -> hidden -> 784."""
+    """Shape of the autoencoder. "mlp": 784 -> hidden -> hidden -> latent -> hidden -> hidden -> 784.
+    "conv": two stride-2 convolutions (channels, 2 x channels; 28 -> 14 -> 7), then 7·7·2c -> hidden -> latent,
+    and the decoder mirrored with transposed convolutions. Files saved before the choice existed lack these
+    fields, so the defaults are the MLP they hold."""
 
     hidden_dim: int = setting(512, low=1, high=MAX_WIDTH)
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH)
+    architecture: str = setting("mlp", choices=ARCHITECTURES)
+    conv_channels: int = setting(32, low=1, high=MAX_CHANNELS)
+
+
+def _conv_encoder(c: int, h: int, d: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 28, 28)), nn.Conv2d(1, c, 4, 2, 1), nn.GELU(), nn.Conv2d(c, 2 * c, 4, 2, 1), nn.GELU(),
+        nn.Flatten(), nn.Linear(2 * c * CONV_GRID**2, h), nn.GELU(), nn.Linear(h, d))
+
+
+def _conv_decoder(c: int, h: int, d: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d, h), nn.GELU(), nn.Linear(h, 2 * c * CONV_GRID**2), nn.GELU(),
+        nn.Unflatten(1, (2 * c, CONV_GRID, CONV_GRID)), nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.GELU(),
+        nn.ConvTranspose2d(c, 1, 4, 2, 1), nn.Flatten())
 
 
 class Autoencoder(nn.Module):
-    """MLP autoencoder with GELU activations; the decoder returns Bernoulli logits per pixel."""
+    """MLP or convolutional autoencoder with GELU activations on flat (N, 784) images; the decoder returns
+    Bernoulli logits per pixel. The conv one is what binary-digit autoencoders usually are: sharper edges."""
 
     def __init__(self, config: AutoencoderConfig):
         super().__init__()
-        h, d = config.hidden_dim, config.latent_dim
+        h, d, c = config.hidden_dim, config.latent_dim, config.conv_channels
         self.config = config
+        if config.architecture == "conv":
+            self.encoder, self.decoder = _conv_encoder(c, h, d), _conv_decoder(c, h, d)
+            return
         self.encoder = nn.Sequential(
             nn.Linear(IMAGE_PIXELS, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, d)
         )

@@ -20,7 +20,17 @@ from torch import nn
 
 from .data import DATASETS, DEFAULT_THRESHOLD
 from .generate import MAX_SEED
-from .models import MAX_LAYERS, MAX_WIDTH, Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, LatentEBM
+from .models import (
+    ARCHITECTURES,
+    MAX_CHANNELS,
+    MAX_LAYERS,
+    MAX_WIDTH,
+    Autoencoder,
+    AutoencoderConfig,
+    EnergyConfig,
+    EnergyNet,
+    LatentEBM,
+)
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
 from .validation import Settings, setting, validate_fields
 
@@ -40,8 +50,12 @@ class TrainConfig(Settings):
     seed: int = setting(0, low=0, high=MAX_SEED, ui_high=2**31 - 1, label="Seed")  # browsers keep ints exact to 2**53
     device: str = setting("cpu", choices=("cpu", "cuda"), label="Device")
     # stage 1: autoencoder
+    ae_architecture: str = setting("mlp", choices=ARCHITECTURES, label="Autoencoder",
+                                   help="mlp: fully connected; conv: two stride-2 convolutions each way")
     ae_hidden_dim: int = setting(512, low=1, high=MAX_WIDTH, ui_low=8, ui_high=2048, step=8, label="Hidden width",
-                                 help="Width of the MLP encoder and decoder")
+                                 help="Width of the fully-connected layers of the encoder and decoder")
+    ae_conv_channels: int = setting(32, low=1, high=MAX_CHANNELS, ui_high=128, step=8, label="Conv channels",
+                                    help="Channels of the first convolution (the second has twice as many); conv only")
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH, ui_low=2, ui_high=6, label="Latent dimensions",
                               help="4 keeps the log Z quadrature and the explorer fast")
     ae_epochs: int = setting(12, low=0, ui_high=200, label="Epochs",
@@ -92,7 +106,7 @@ class TrainConfig(Settings):
 
     def autoencoder_config(self) -> AutoencoderConfig:
         """The autoencoder's shape in these settings."""
-        return AutoencoderConfig(self.ae_hidden_dim, self.latent_dim)
+        return AutoencoderConfig(self.ae_hidden_dim, self.latent_dim, self.ae_architecture, self.ae_conv_channels)
 
     def energy_config(self) -> EnergyConfig:
         """The energy net's shape in these settings."""

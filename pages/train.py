@@ -21,7 +21,8 @@ CHART_POINTS = 200  # per series; the whole run's 1,600 events took 45 ms per ch
 REFRESH_S = 2.0  # the live panel's period
 
 # the fields of each part of the form; labels, ranges and help are TrainConfig's (`spec`), defaults DEFAULTS'
-STAGE1 = ("ae_epochs", "ae_hidden_dim", "latent_dim", "ae_batch_size", "ae_lr", "ae_latent_noise", "ae_code_penalty")
+STAGE1 = ("ae_epochs", "ae_hidden_dim", "latent_dim", "ae_batch_size", "ae_lr", "ae_latent_noise", "ae_code_penalty",
+          "ae_conv_channels")  # and ae_architecture, a choice (`choice_field`)
 STAGE2 = ("ebm_iterations", "ebm_hidden_dim", "ebm_layers", "ebm_tilt_sigma", "ebm_batch_size", "ebm_lr", "mcmc_steps",
           "mcmc_step_size", "target_acceptance", "buffer_size", "reinit_prob", "energy_reg", "grad_clip")
 
@@ -37,6 +38,13 @@ def number_field(name: str) -> float | int:
                                help=help_)
     return st.number_input(s.label, float(low), float(high), float(default), format="%g", key=f"t_{name}", help=help_,
                            step=s.step or (float(10 ** math.floor(math.log10(default))) / 10 if default > 0 else 0.01))
+
+
+def choice_field(name: str) -> str:
+    """A segmented control for TrainConfig choice field `name` (the sampler, the autoencoder's architecture)."""
+    s = spec(TrainConfig, name)
+    return st.segmented_control(s.label, s.choices, default=getattr(DEFAULTS, name), key=f"t_{name}", required=True,
+                                format_func=str.upper, help=s.help or None)
 
 
 def stage_fields(names: tuple[str, ...], ncols: int) -> dict:
@@ -70,13 +78,12 @@ def config_fields() -> TrainConfig:
         # one stage under the other, four fields a row: side by side, the fields were too narrow at 1200 px
         with st.container(key="stage_1"):
             st.markdown("**Stage 1 · autoencoder** (binary cross-entropy, noisy codes)")
+            values["ae_architecture"] = choice_field("ae_architecture")
             values.update(stage_fields(STAGE1, 4))
         with st.container(key="stage_2"):
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
             values.update(stage_fields(STAGE2, 4))
-            sampler = spec(TrainConfig, "sampler")
-            values["sampler"] = st.segmented_control(sampler.label, sampler.choices, default=DEFAULTS.sampler,
-                                                     key="t_sampler", required=True, format_func=str.upper)
+            values["sampler"] = choice_field("sampler")
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
 

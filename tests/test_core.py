@@ -1,7 +1,9 @@
 """Weights files, the training loop and the CLI, on tiny models and synthetic data."""
 
+import dataclasses
 import itertools
 import json
+import math
 import re
 import tempfile
 import time
@@ -16,7 +18,8 @@ from ebm import checkpoint, cli
 from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.cli import main
 from ebm.generate import SampleSettings, decode_binary, sample_chains
-from ebm.training import DivergenceError, Progress, TrainConfig, build_model, train, train_energy
+from ebm.models import Autoencoder, AutoencoderConfig
+from ebm.training import DivergenceError, Progress, TrainConfig, build_model, train, train_autoencoder, train_energy
 
 from conftest import TINY_CONFIG, disk_full_under, full_disk
 
@@ -388,3 +391,20 @@ def test_temp_files_of_killed_saves_are_cleaned_and_a_save_in_progress_is_kept(t
     assert [r.path.parent for r in runs.list_runs(tmp_path)] == [kept]
     assert not any(t.exists() for t in stale) and not killed.exists()
     assert fresh.exists() and (kept / runs.WEIGHTS_NAME).is_file()
+
+
+def test_a_conv_autoencoder_trains_saves_and_loads_bit_identically(tmp_path):
+    """The conv choice builds, trains a step, keeps the flat (N, 784) interface and survives a save and load;
+    a file whose metadata lacks the architecture (saved before it existed) loads as the MLP it holds."""
+    cfg = TrainConfig(**TINY_CONFIG | {"ae_architecture": "conv", "ae_conv_channels": 4, "ae_hidden_dim": 16})
+    model = build_model(cfg)
+    images = (torch.rand(64, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    events = list(train_autoencoder(model.autoencoder, images, images[:16], dataclasses.replace(cfg, ae_epochs=1)))
+    assert math.isfinite(events[-1].losses["test_bce"])
+    codes = model.encode(images[:8])
+    assert codes.shape == (8, cfg.latent_dim) and model.decode(codes).shape == (8, 784)
+    loaded, _ = model_from_bytes(model_to_bytes(model))
+    assert loaded.autoencoder.config.architecture == "conv"
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+    old = AutoencoderConfig(**{"hidden_dim": 8, "latent_dim": 4})
+    assert old.architecture == "mlp" and isinstance(Autoencoder(old).encoder[0], torch.nn.Linear)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from ebm import calibration
 from ebm.checkpoint import MAX_HEADER_BYTES, WeightsError, model_from_bytes, model_to_bytes
@@ -32,6 +33,7 @@ from ebm.limits import (
     ModelTooLarge,
     RequestTooLarge,
     TrainingTooCostly,
+    autoencoder_forward_macs,
     check_app_architecture,
     check_request_size,
     check_training_cost,
@@ -270,3 +272,25 @@ def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
         assert len(timed) == 4  # another width: timed again
     finally:
         calibration._paces.cache_clear()
+
+
+@pytest.mark.parametrize("architecture, hidden, channels, latent", [("mlp", 512, 32, 4), ("mlp", 24, 32, 3),
+                                                                   ("conv", 256, 32, 4), ("conv", 40, 5, 2)])
+def test_autoencoder_macs_and_parameters_match_torch_counts(architecture, hidden, channels, latent):
+    """The cost model's multiply-adds and parameters of either autoencoder are torch's own counts."""
+    config = AutoencoderConfig(hidden, latent, architecture, channels)
+    autoencoder = Autoencoder(config)
+    with FlopCounterMode(display=False) as counter:
+        autoencoder.decode_logits(autoencoder.encode(torch.zeros(1, 784)))
+    assert autoencoder_forward_macs(config) == counter.get_total_flops() // 2
+    energy = EnergyConfig(latent_dim=latent)
+    own = sum(p.numel() for p in autoencoder.parameters()) + sum(p.numel() for p in EnergyNet(energy).parameters())
+    assert parameter_count(config, energy) == own + 2 * latent
+
+
+def test_a_conv_autoencoder_costs_its_own_multiply_adds_in_training():
+    """The app's training cap counts a conv autoencoder's epochs by the conv's cost, not the MLP's."""
+    mlp, conv = TrainConfig(), TrainConfig(ae_architecture="conv", ae_hidden_dim=256)
+    ratio = stage_macs(conv)["autoencoder"] / stage_macs(mlp)["autoencoder"]
+    per_image = autoencoder_forward_macs(conv.autoencoder_config()) / autoencoder_forward_macs(mlp.autoencoder_config())
+    assert 3.5 < ratio <= per_image < 4  # 5.0 M vs 1.3 M multiply-adds an image; the update overhead is shared
