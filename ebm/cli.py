@@ -1,4 +1,5 @@
-"""Command line: `python -m ebm train | sample | evaluate | score | train-classifier | train-latent-classifier`.
+"""Command line: `python -m ebm train | sample | evaluate | score | inpaint | train-classifier |
+train-latent-classifier`.
 
 Every command is a thin wrapper over the package: argument parsing, tqdm progress, files.
 """
@@ -31,9 +32,11 @@ from .conditioning import (
     train_latent_classifier,
 )
 from .data import DatasetError, default_data_dir, load_binarized
+from .energies import HIDDEN_HALVES, INPAINTING
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
+from .playground import inpaint_view
 from .preprocess import ImageError, preprocess_bytes
 from .runs import WEIGHTS_NAME, RunsDirError, check_room, check_runs_dir, default_runs_dir, save_run
 from .samplers import SAMPLERS, all_param_specs, param_specs
@@ -352,22 +355,29 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the preprocessed 28×28 digit as this PNG")
 
 
+def read_digit(path: Path, weights: Path):
+    """The model at `weights`, its metadata and the picture at `path` as its (784,) binary input; or exit saying why."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read the image {path}: {e.strerror or type(e).__name__}") from None
+    try:
+        model, meta = load_model(weights)
+        return model.eval(), meta, preprocess_bytes(data, meta.get("threshold", 0.5))
+    except ImageError as e:
+        raise SystemExit(f"error: {path}: {e}") from None
+    except WeightsError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def run_score(args: argparse.Namespace) -> dict:
     """`score`: preprocess the picture, score it among MNIST test digits (`ebm.scoring`), print JSON."""
+    model, meta, image = read_digit(args.image, args.weights)
     try:
-        data = args.image.read_bytes()
-    except OSError as e:
-        raise SystemExit(f"error: cannot read the image {args.image}: {e.strerror or type(e).__name__}") from None
-    try:
-        model, meta = load_model(args.weights)
-        image = preprocess_bytes(data, meta.get("threshold", 0.5))
         test_x, _ = load_binarized(meta.get("dataset", "mnist"), "test", args.data_dir or default_data_dir(),
                                    meta.get("threshold", 0.5))
-    except ImageError as e:
-        raise SystemExit(f"error: {args.image}: {e}") from None
-    except (WeightsError, DatasetError) as e:
+    except DatasetError as e:
         raise SystemExit(f"error: {e}") from None
-    model.eval()
     reference = build_reference(model, test_x, prior_log_z(model, model.encode(test_x)))
     result = {"image": str(args.image), **score_image(model, image, reference).to_dict(),
               "reference": {"num_images": len(reference.log_p_x), "log_z": reference.log_z,
@@ -376,6 +386,37 @@ def run_score(args: argparse.Namespace) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_bytes(png_bytes(image.reshape(28, 28).numpy().astype(np.uint8) * 255))
         result["written"] = str(args.out)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def add_inpaint_arguments(p: argparse.ArgumentParser) -> None:
+    """`inpaint`'s flags: the picture, which half to hide, the model, chains, seed, and where the pictures go."""
+    p.add_argument("image", type=Path, help="a picture of one digit (PNG, JPEG, ...; any size, any colours)")
+    p.add_argument("--mask", choices=HIDDEN_HALVES, default="bottom", help="the half to hide and sample")
+    p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="model weights to inpaint with")
+    p.add_argument("--num-chains", type=argparse_type(spec(SampleSettings, "num_chains"), "num-chains"),
+                   default=INPAINTING.num_chains, help="completions to draw")
+    p.add_argument("--seed", type=argparse_type(spec(SampleSettings, "seed"), "seed"), default=0)
+    p.add_argument("--out-dir", type=Path, default=Path("inpainted"),
+                   help="where masked.png, completions.png and chains.gif go")
+
+
+def run_inpaint(args: argparse.Namespace) -> dict:
+    """`inpaint`: hide half of the picture, sample it from p(z | visible pixels) (`ebm.energies.inpaint`), write the
+    completions and print what the image classifier reads in each, as JSON."""
+    model, _, image = read_digit(args.image, args.weights)
+    settings = SampleSettings(**{**INPAINTING.as_dict(), "num_chains": args.num_chains})
+    view = inpaint_view(model, image, args.mask, args.seed, settings)
+    classifier, _ = load_classifier_or_exit(DEFAULT_CLASSIFIER)
+    read = classifier.predict(view.completions)[1].argmax(-1).tolist()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    written = {name: str(args.out_dir / name) for name in ("masked.png", "completions.png", "chains.gif")}
+    for name, data in zip(written, (view.masked_png, view.png, view.gif)):
+        (args.out_dir / name).write_bytes(data)
+    result = {"image": str(args.image), "hidden": args.mask, "num_chains": view.num_chains,
+              "num_steps": view.num_steps, "step_size": view.step_size, "mean_acceptance": view.mean_acceptance,
+              "seed": args.seed, "digits_read": read, "written": written}
     print(json.dumps(result, indent=2))
     return result
 
@@ -390,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_arguments(sub.add_parser("sample", help="draw digits by Langevin dynamics"))
     add_evaluate_arguments(sub.add_parser("evaluate", help="likelihoods, sample quality and baselines"))
     add_score_arguments(sub.add_parser("score", help="how likely one picture of a digit is under the model"))
+    add_inpaint_arguments(sub.add_parser("inpaint", help="hide half of a digit's picture and sample what is missing"))
     add_train_classifier_arguments(sub.add_parser("train-classifier",
                                                   help="retrain the MNIST classifier used by the metrics"))
     add_train_latent_classifier_arguments(sub.add_parser("train-latent-classifier",
@@ -409,6 +451,8 @@ def main(argv: list[str] | None = None) -> None:
         run_evaluate(args)
     elif args.command == "score":
         run_score(args)
+    elif args.command == "inpaint":
+        run_inpaint(args)
     elif args.command == "train-classifier":
         run_train_classifier(args)
     elif args.command == "train-latent-classifier":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,7 +194,8 @@ def class_energy(model: LatentEBM, classifier: LatentClassifier, settings: Class
 
 @torch.no_grad()
 def sample_classes(model: LatentEBM, classifier: LatentClassifier, classes: ClassSettings,
-                   settings: SampleSettings, pool_size: int = POOL_SIZE) -> tuple[ChainResult, float]:
+                   settings: SampleSettings, pool_size: int = POOL_SIZE,
+                   callback: Callable[[int], bool | None] | None = None) -> tuple[ChainResult, float]:
     """(chains on `class_energy`, the ε they ran at); deterministic per `settings.seed`.
 
     Conditioning on nothing is `sample_chains` itself. Otherwise the target is sharper than the prior
@@ -202,14 +204,15 @@ def sample_classes(model: LatentEBM, classifier: LatentClassifier, classes: Clas
     unused) and `ebm.energies.sample_posterior` picks ε by a warm-up from `settings.step_size`.
     From N(0, I) noise at the prior's ε the chains stall in the wrong digits: at λ = 3 only 54% of
     zeros came out zeros, and with noise starts and a warm-up still only 75% of twos (1,000 samples).
+    `callback` is `run_chains`'s (progress; True stops the chains there).
     """
     if not classes.conditional:
-        return sample_chains(model, settings), settings.step_size
+        return sample_chains(model, settings, callback=callback), settings.step_size
     generator = torch.Generator().manual_seed(int(settings.seed))
     energy = class_energy(model, classifier, classes)
     pool = torch.randn(pool_size, model.latent_dim, generator=generator)
     start = posterior_starts(-energy(pool)[0][None], pool, settings.num_chains, generator)
-    return sample_posterior(energy, start, settings, generator)
+    return sample_posterior(energy, start, settings, generator, callback)
 
 
 @torch.no_grad()

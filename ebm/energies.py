@@ -173,14 +173,16 @@ def warm_up(energy: EnergyAndGrad, start: torch.Tensor, settings: SampleSettings
 
 
 def sample_posterior(energy: EnergyAndGrad, start: torch.Tensor, settings: SampleSettings,
-                     generator: torch.Generator | None = None) -> tuple[ChainResult, float]:
+                     generator: torch.Generator | None = None,
+                     callback: Callable[[int], bool | None] | None = None) -> tuple[ChainResult, float]:
     """(chains on `energy` with `settings`' sampler and steps, the ε they used): a `warm_up` from `start`
     picks ε and where the chains begin; ε then stays fixed for the whole run, so every step is one
-    MALA kernel and the chains are exact (as in Stan, the adaptation ends before the chains count)."""
+    MALA kernel and the chains are exact (as in Stan, the adaptation ends before the chains count).
+    `callback` is `run_chains`'s (progress; True stops the chains there)."""
     generator = generator or torch.Generator().manual_seed(int(settings.seed))
     start, eps = warm_up(energy, start, settings, generator)
     sampler = build_sampler(settings.sampler, energy, eps, generator, **dict(settings.sampler_params))
-    return run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every), eps
+    return run_chains(sampler, sampler.init(start), settings.num_steps, settings.record_every, callback), eps
 
 
 class Inpainting(NamedTuple):
@@ -198,10 +200,11 @@ INPAINTING = SampleSettings(num_steps=200, num_chains=8, record_every=10)
 
 @torch.no_grad()
 def inpaint(model: LatentEBM, images: torch.Tensor, visible: str | torch.Tensor,
-            settings: SampleSettings = INPAINTING, pool_size: int = POOL_SIZE) -> Inpainting:
+            settings: SampleSettings = INPAINTING, pool_size: int = POOL_SIZE,
+            callback: Callable[[int], bool | None] | None = None) -> Inpainting:
     """Fill in the hidden pixels of (784,) or (B, 784) binary `images` by sampling p(z | visible pixels):
     `settings.num_chains` completions per image, deterministic per `settings.seed` (its `start` is unused:
-    chains start from `posterior_starts`)."""
+    chains start from `posterior_starts`). `callback` as in `sample_posterior`."""
     images = check_images(images)
     visible = visible_mask(visible)
     per_image = settings.num_chains
@@ -216,7 +219,7 @@ def inpaint(model: LatentEBM, images: torch.Tensor, visible: str | torch.Tensor,
     start = posterior_starts(log_likelihood - prior(pool)[0], pool, per_image, generator)
     targets = images.repeat_interleave(per_image, 0)
     energy = summed(prior, bernoulli_nll(model_logits(model), targets, visible))
-    result, eps = sample_posterior(energy, start, settings, generator)
+    result, eps = sample_posterior(energy, start, settings, generator, callback)
     codes = result.state.position
     completed = torch.where(visible, targets, decode_binary(model, codes))
     shape = (len(images), per_image)

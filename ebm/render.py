@@ -25,7 +25,7 @@ from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
 from .images import gif_bytes, image_grid, png_bytes
 from .limits import MAX_GIF_CHAINS, MAX_GIF_FRAMES, check_request_size, energy_step_macs, frame_indices
 from .models import LatentEBM
-from .samplers import ChainResult, ChainState, Traces, build_sampler, run_chains
+from .samplers import ChainResult, ChainState, EnergyAndGrad, Traces, build_sampler, run_chains
 from .scheduler import Cancelled
 from .threads import sync_torch_threads
 
@@ -160,14 +160,15 @@ def sample_view(
     should_stop: Callable[[int], bool] | None = None,
     publish: Callable[[LiveFrame], None] | None = None,
     live_interval: float = LIVE_INTERVAL,
+    energy: EnergyAndGrad | None = None,
 ) -> SampleView:
     """Check the request against the app's caps, run the chains, render the result.
 
     `should_stop(steps_done)` is called after every block of steps; when it returns True the run
     ends there and `ebm.scheduler.Cancelled` is raised, with nothing rendered. `publish`, when given,
     gets a `LiveFrame` at most every `live_interval` seconds while the chains run; the chains are
-    the same with or without it. Raises `ebm.limits.RequestTooLarge` or ValueError for a request
-    that cannot run.
+    the same with or without it. `energy` replaces the model's prior (a sum of energies: the
+    Playground's runs). Raises `ebm.limits.RequestTooLarge` or ValueError for a request that cannot run.
     """
     check_request_size(settings.num_chains, settings.num_steps,
                        energy_step_macs(model.energy.config) * settings.gradients_per_step())
@@ -182,7 +183,7 @@ def sample_view(
 
     watch = None if publish is None else _LiveRecorder(
         model, settings, publish, live_interval, min(MAX_GIF_CHAINS, settings.num_chains), TRACE_CHAINS)
-    result = sample_chains(model, settings, data_codes, callback=callback, watch=watch)
+    result = sample_chains(model, settings, data_codes, callback=callback, watch=watch, energy=energy)
     if stopped:
         raise Cancelled(f"sampling stopped at step {stopped[0]} of {settings.num_steps}")
     return render_samples(model, result, settings)

@@ -1,6 +1,8 @@
 """Composable energies and inpainting: the sums' maths, the likelihood's gradient, mask checks, and
 posterior sampling against a toy posterior known in closed form."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -171,3 +173,22 @@ def test_inpaint_keeps_the_visible_pixels_and_repeats_per_seed(shipped_model):
 def test_model_logits_are_the_decoder_on_standardized_codes(shipped_model):
     z = torch.randn(4, shipped_model.latent_dim, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(torch.sigmoid(model_logits(shipped_model)(z)), shipped_model.decode(z))
+
+
+def test_inpaint_command_writes_the_completions_and_reads_their_digits(tmp_path, capsys):
+    from PIL import Image
+
+    from ebm.cli import main
+
+    picture = np.zeros((40, 30), np.uint8)
+    picture[5:35, 12:18] = 255  # a one
+    Image.fromarray(picture).save(tmp_path / "one.png")
+    main(["inpaint", str(tmp_path / "one.png"), "--mask", "top", "--num-chains", "4",
+          "--out-dir", str(tmp_path / "out")])
+    result = json.loads(capsys.readouterr().out)
+    assert result["hidden"] == "top" and result["num_chains"] == 4 and len(result["digits_read"]) == 4
+    assert all(0 <= d <= 9 for d in result["digits_read"])
+    assert np.asarray(Image.open(tmp_path / "out" / "completions.png")).ndim == 2
+    assert (tmp_path / "out" / "masked.png").is_file() and (tmp_path / "out" / "chains.gif").is_file()
+    with pytest.raises(SystemExit, match="cannot read the image"):
+        main(["inpaint", str(tmp_path / "missing.png")])

@@ -245,6 +245,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "IS_SAMPLES", 2000)
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1, "gmm10": 2, "gmm50": 3})  # same keys, faster fits
     monkeypatch.setattr(ev, "OOD_IMAGES", 50)
+    monkeypatch.setattr(ev, "INPAINT_IMAGES", 20)
     _write_fake_mnist(tmp_path / "data")
     _write_fake_mnist(tmp_path / "data", folder="FashionMNIST")  # else it is copied from the Debian package
     weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8)), tmp_path / "m.safetensors")
@@ -266,6 +267,7 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     report = (tmp_path / "eval" / "evaluation.md").read_text()
     assert "| gmm50 |" in report and "importance sampling" in report
     assert saved["ood"]["num_images"] == 50 and "| fashion-mnist |" in report
+    assert saved["inpainting"]["images"] == 20 and "## Inpainting" in report
 
 
 def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
@@ -277,6 +279,7 @@ def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "BASELINES", {"gaussian": 1})
     monkeypatch.setattr(ev, "annealed_log_z", functools.partial(ev.annealed_log_z, num_chains=64, num_temperatures=20))
     monkeypatch.setattr(ev, "OOD_IMAGES", 50)
+    monkeypatch.setattr(ev, "INPAINT_IMAGES", 20)
     _write_fake_mnist(tmp_path / "data")
     _write_fake_mnist(tmp_path / "data", folder="FashionMNIST")
     tiny = FlowSettings(transforms=1, hidden_width=8, bins=4, epochs=2)
