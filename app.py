@@ -20,8 +20,10 @@ pages = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/sample.py", title="Sample", icon=":material/auto_awesome:", url_path="sample"),
     st.Page("pages/explorer.py", title="Latent explorer", icon=":material/explore:", url_path="explorer"),
+    st.Page("pages/playground.py", title="Playground", icon=":material/draw:", url_path="playground"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:", url_path="train"),
 ]
 # Digit grids are drawn at one screen pixel per pixel and scaled by the browser: keep them crisp.
-st.html("<style>[data-testid='stImage'] img { image-rendering: pixelated; }</style>")
+st.html("<style>[data-testid='stImage'] img { image-rendering: pixelated; }"
+        ".st-key-p_canvas { padding-top: 2.25rem; }</style>")  # room for the drawing canvas's toolbar above it
 st.navigation(pages).run()

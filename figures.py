@@ -176,3 +176,54 @@ def marginals(marg: Marginals, codes: np.ndarray | None = None) -> go.Figure:
                         showlegend=k == 0, name="model marginal", row=1, col=k + 1)
     fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), bargap=0, legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def mark_code(fig: go.Figure, code: np.ndarray, dims: tuple[int, int], name: str = "your digit") -> go.Figure:
+    """A star at a code's projection on a slice map (the map's plane holds the code's other dims)."""
+    i, j = dims
+    fig.add_scatter(x=[float(code[i])], y=[float(code[j])], mode="markers", name=name,
+                    marker=dict(symbol="star", size=18, color="#ffd400", line=dict(width=1.5, color="black")),
+                    hovertemplate=f"{name}: z{i}=%{{x:.2f}}, z{j}=%{{y:.2f}}<extra></extra>")
+    return fig
+
+
+SCORE_SET_COLOURS = {"MNIST test digits": "rgba(99,110,250,0.55)", "Fashion-MNIST test images": "rgba(239,85,59,0.5)"}
+
+
+SURPRISE_TICKS = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)  # nats, on the histogram's log axis
+
+
+def score_histograms(sets: dict[str, np.ndarray], log_p_x: float, threshold: float) -> go.Figure:
+    """Histograms of −log p(x) (nats, log axis: digits sit near 100, clothes spread over thousands) for each
+    reference set, the outlier threshold (dashed) and this image (line)."""
+    surprise = {name: np.log10(np.maximum(-values, 1.0)) for name, values in sets.items()}
+    value, cut = np.log10(max(-log_p_x, 1.0)), np.log10(max(-threshold, 1.0))
+    everything = np.concatenate([*surprise.values(), [value, cut]])
+    lo, hi = min(np.percentile(everything, 0.5), value, cut), max(np.percentile(everything, 99.5), value)
+    fig = go.Figure()
+    for name, values in surprise.items():
+        fig.add_histogram(x=np.clip(values, lo, hi), name=name, histnorm="probability", opacity=0.75,
+                          xbins=dict(start=lo, end=hi, size=(hi - lo) / 60), marker_color=SCORE_SET_COLOURS.get(name),
+                          customdata=10 ** np.clip(values, lo, hi),
+                          hovertemplate=f"{name}<br>%{{y:.1%}} of them in this bin<extra></extra>")
+    fig.add_vline(x=cut, line=dict(dash="dash", width=1.5, color="grey"),
+                  annotation_text="outlier beyond", annotation_position="top right")
+    fig.add_vline(x=value, line=dict(width=3, color="#ffd400"), annotation_text="your digit",
+                  annotation_position="top left")
+    ticks = [t for t in SURPRISE_TICKS if lo <= np.log10(t) <= hi]
+    fig.update_layout(barmode="overlay", height=320, margin=dict(l=10, r=10, t=40, b=10),
+                      title="How surprising your digit is: −log p(x)",
+                      xaxis=dict(title="−log p(x) (nats, log scale; digits left)", tickvals=np.log10(ticks),
+                                 ticktext=[f"{t:,}" for t in ticks], range=[lo, hi]),
+                      yaxis=dict(title="share of the set", tickformat=".0%"),
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def class_bars(histogram: np.ndarray, allowed: tuple[int, ...]) -> go.Figure:
+    """Samples per digit class as the image classifier reads them; the allowed classes highlighted."""
+    colours = ["#2ca02c" if d in allowed else "rgba(128,128,128,0.6)" for d in range(len(histogram))]
+    fig = go.Figure(go.Bar(x=[str(d) for d in range(len(histogram))], y=histogram, marker_color=colours))
+    fig.update_layout(height=240, margin=dict(l=10, r=10, t=40, b=10), title="What the digit classifier reads",
+                      xaxis=dict(title="class", type="category"), yaxis_title="samples")
+    return fig

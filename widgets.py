@@ -35,18 +35,38 @@ import torch
 from ebm import jobs
 from ebm import runs as runs_mod
 from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
+from ebm.classifier import MnistClassifier, load_classifier
 from ebm.compare import CompareSettings, Comparison, compare_samplers
 from ebm.compare import table as compare_table
+from ebm.conditioning import (
+    ClassSettings,
+    LatentClassifier,
+    latent_classifier_path,
+    load_latent_classifier,
+    train_latent_classifier,
+)
 from ebm.data import DatasetError, default_data_dir, load_binarized
+from ebm.energies import INPAINTING
 from ebm.generate import SampleSettings, sampling_problem
 from ebm.images import image_grid
 from ebm.landscape import Marginals, grid_resolution, marginal_densities
 from ebm.limits import check_app_architecture, check_request_size, energy_step_macs
 from ebm.models import LatentEBM
+from ebm.playground import (
+    COMPOSE_SAMPLE,
+    ComposeView,
+    InpaintView,
+    RepairSettings,
+    compose_view,
+    inpaint_view,
+    repair_view,
+)
+from ebm.preprocess import preprocess_array, preprocess_bytes
 from ebm.render import BirthSettings, BirthView, LiveFrame, SampleView, birth_view, sample_view
 from ebm.samplers import SAMPLERS
 from ebm.scheduler import QUEUED, Progress, Scheduler, Ticket, Work
-from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads
+from ebm.scoring import ScoreReference, build_reference, prior_log_z, score_images
+from ebm.threads import limit_blas_threads, limit_torch_threads, serving_slots, set_chain_threads, sync_torch_threads
 
 try:  # what Streamlit raises in a script thread whose session asked for a rerun
     from streamlit.runtime.scriptrunner_utils.exceptions import RerunException
@@ -149,12 +169,15 @@ class Param:
     lo: float | None = None  # numbers: inclusive range
     hi: float | None = None
     choices: tuple | None = None  # choices: valid values
+    parse: Callable[[str], Any] | None = None  # any other value: the core's validator (ValueError when invalid)
 
     @property
     def kind(self) -> str:
-        """'choice', 'int' or 'float': how a URL value is parsed."""
+        """'choice', 'parsed', 'int' or 'float': how a URL value is parsed."""
         if self.choices is not None:
             return "choice"
+        if self.parse is not None:
+            return "parsed"
         return "int" if isinstance(self.default, int) else "float"
 
 
@@ -167,6 +190,11 @@ def parse_param(param: Param, raw: str) -> tuple[Any, str | None]:
         if raw.lower() in lookup:
             return lookup[raw.lower()], None
         return None, f"{param.name}={shown} in the URL is not one of {', '.join(map(str, param.choices))}; ignored"
+    if param.kind == "parsed":
+        try:
+            return param.parse(raw), None
+        except ValueError as e:
+            return None, f"{param.name}={shown} in the URL is not valid ({server_message(e)}); ignored"
     try:
         number = float(raw)
     except ValueError:
@@ -220,7 +248,10 @@ def state_to_url(params: Sequence[Param], keep: Sequence[str] = ("model",)) -> N
         del st.query_params[stale]
     for p in params:
         value = st.session_state.get(p.key, p.default)
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+        if isinstance(value, (list, tuple)):
+            text = ",".join(map(str, value))
+        else:
+            text = f"{value:g}" if isinstance(value, float) else str(value)
         if st.query_params.get(p.name) != text:
             st.query_params[p.name] = text
 
@@ -781,3 +812,115 @@ def digit_gallery(title: str, images: np.ndarray, labels: np.ndarray, indices: S
                 st.button(str(int(labels[index])), key=f"{key}_pick_{index}", on_click=choose, args=(index,),
                           type="primary" if chosen else "secondary", width=56,
                           help=f"test digit #{index}" + (" (chosen)" if chosen else ""))
+
+
+# ---- the Playground's input: a drawing, an uploaded picture or a test digit ------------------------------
+CANVAS_SIDE = 240  # px: fits the Playground's narrow column at 1200 px windows
+CANVAS_STROKE = 19  # px: a digit drawn across the canvas, its box shrunk to 20 px, gets about MNIST's 2-3 px strokes
+
+
+def drawn_digit(threshold: float) -> torch.Tensor | None:
+    """A canvas to draw on (white on black, as MNIST); the drawing as the model's (784,) input, None if blank.
+
+    The canvas sends its picture on every mouse-up; the page reruns with it.
+    """
+    from streamlit_drawable_canvas import st_canvas  # a v2 component: it registers itself on import, in the runtime
+
+    st.caption("Draw a digit with the mouse: one stroke is enough. The toolbar undoes a stroke or clears the canvas.")
+    with st.container(key="p_canvas"):
+        drawing = st_canvas(stroke_width=CANVAS_STROKE, stroke_color="#ffffff", background_color="#000000",
+                            width=CANVAS_SIDE, height=CANVAS_SIDE, drawing_mode="freedraw", key="p_drawing",
+                            return_image_data=True)
+    if drawing.json_data is None or not drawing.json_data.get("objects"):
+        return None
+    return preprocess_array(drawing.image_data, threshold)
+
+
+def uploaded_digit(threshold: float) -> torch.Tensor | None:
+    """A picture file made the model's (784,) input (any size; light or dark background), None until one comes."""
+    file = st.file_uploader("A picture of a digit", type=["png", "jpg", "jpeg", "gif", "bmp", "webp"], key="p_upload",
+                            help="Cropped to the ink, scaled to 20 px and centred like MNIST's digits, then binarized")
+    return None if file is None else preprocess_bytes(file.getvalue(), threshold)
+
+
+def image_key(image: torch.Tensor) -> str:
+    """A binary (784,) image's cache key: the sha256 of its pixels."""
+    return hashlib.sha256(image.to(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+@st.cache_resource(show_spinner="Loading the digit classifier…")
+def image_classifier() -> MnistClassifier:
+    """The shipped MNIST classifier (`ebm.classifier`), which tells what digit a sample shows."""
+    return load_classifier()[0]
+
+
+def cached_score_reference(loaded: LoadedModel, test_images: torch.Tensor) -> ScoreReference:
+    """log Z and the scores of the test digits that a new image is placed among (`ebm.scoring`), once per model."""
+    def work(should_stop: Callable[[int], bool]) -> ScoreReference:
+        sync_torch_threads()
+        log_z = prior_log_z(loaded.model, loaded.model.encode(test_images))
+        return build_reference(loaded.model, test_images, log_z)
+
+    data_key = str(default_data_dir().resolve())
+    return scheduled(("score_reference", loaded.key, data_key), work, 1, "Scoring the test digits once")
+
+
+def cached_outlier_scores(loaded: LoadedModel, reference: ScoreReference, images: torch.Tensor,
+                          name: str) -> np.ndarray:
+    """log p(x) of a reference set of other images (`name`: which), for the histogram a score is shown on."""
+    def work(should_stop: Callable[[int], bool]) -> np.ndarray:
+        sync_torch_threads()
+        return score_images(loaded.model, images, reference.log_z).log_p_x
+
+    return scheduled(("outlier_scores", loaded.key, name, len(images)), work, 1, f"Scoring {name} once")
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the latent classifier…")
+def _shipped_latent_classifier(path: str, mtime_ns: int, model_key: tuple, _model: LatentEBM) -> LatentClassifier:
+    return load_latent_classifier(path, _model)[0]
+
+
+def cached_latent_classifier(loaded: LoadedModel) -> LatentClassifier | None:
+    """The model's latent classifier: the file beside its weights, else one trained on its training codes
+    (seconds, once per model). None, after saying why, when neither can be had."""
+    path = latent_classifier_path(loaded.key[1]) if loaded.key[0] == "file" else None
+    if path is not None and path.is_file():
+        try:
+            return _shipped_latent_classifier(str(path), path.stat().st_mtime_ns, loaded.key, loaded.model)
+        except WeightsError:
+            pass  # made for another model: train one below
+    data = dataset_or_message(loaded.dataset, "train", loaded.threshold, key="fetch_compose")
+    if data is None:
+        return None
+    images, labels = data
+
+    def work(should_stop: Callable[[int], bool]) -> LatentClassifier:
+        sync_torch_threads()
+        return train_latent_classifier(loaded.model, images, labels)
+
+    return scheduled(("latent_classifier", loaded.key), work, 1, "Training a latent classifier")
+
+
+def cached_repair(loaded: LoadedModel, image: torch.Tensor, settings: RepairSettings) -> SampleView:
+    """Chains from the image's code on E/T (`ebm.playground.repair_view`), drawn live, with a Stop button."""
+    def work(progress: Progress) -> SampleView:
+        return repair_view(loaded.model, image, settings, progress, progress.publish)
+
+    return scheduled(("repair", loaded.key, image_key(image), settings), work, settings.num_steps, "Repairing",
+                     live=live_sample)
+
+
+def cached_inpaint(loaded: LoadedModel, image: torch.Tensor, hidden: str, seed: int) -> InpaintView:
+    """Completions of the image's hidden half (`ebm.playground.inpaint_view`)."""
+    return scheduled(("inpaint", loaded.key, image_key(image), hidden, seed),
+                     lambda should_stop: inpaint_view(loaded.model, image, hidden, seed, should_stop=should_stop),
+                     INPAINTING.num_steps, "Inpainting")
+
+
+def cached_compose(loaded: LoadedModel, latent_classifier: LatentClassifier, classes: ClassSettings,
+                   seed: int) -> ComposeView:
+    """Samples of E(z) - λ log p(A | z) (`ebm.playground.compose_view`)."""
+    return scheduled(("compose", loaded.key, classes, seed),
+                     lambda should_stop: compose_view(loaded.model, latent_classifier, image_classifier(), classes,
+                                                      seed, should_stop),
+                     COMPOSE_SAMPLE.num_steps, "Sampling")
