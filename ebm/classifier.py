@@ -90,31 +90,43 @@ def train_classifier(
     config: ClassifierConfig | None = None,
     log=print,
 ) -> MnistClassifier:
-    """Adam with a one-cycle learning rate on cross-entropy; deterministic for a given seed."""
-    if epochs < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    """Adam with a one-cycle learning rate on cross-entropy (`fit_classes`); deterministic for a given seed."""
     torch.manual_seed(seed)
     model = MnistClassifier(config or ClassifierConfig())
-    gen = torch.Generator().manual_seed(seed)
-    batches = math.ceil(len(train_images) / batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches, pct_start=0.2)
     start = time.perf_counter()
+
+    def report(epoch: int, loss: float) -> None:
+        log(f"epoch {epoch}/{epochs}: train loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
+
+    return fit_classes(model, train_images, train_labels, epochs, batch_size, lr, seed, pct_start=0.2, log=report)
+
+
+def fit_classes(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
+                seed: int, pct_start: float = 0.3, log=None) -> nn.Module:
+    """Train a classifier of `inputs` in place: Adam with a one-cycle learning rate (peak `lr`, rising for
+    `pct_start` of the steps) on cross-entropy, batches in an order drawn from `seed`; `log(epoch, mean loss)`
+    after each epoch. Returns `net` in eval mode. The image classifier and the latent one both train this way."""
+    if epochs < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    gen = torch.Generator().manual_seed(seed)
+    batches = math.ceil(len(inputs) / batch_size)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches, pct_start=pct_start)
     for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(train_images), generator=gen)
+        net.train()
+        order = torch.randperm(len(inputs), generator=gen)
         total = 0.0
         for b in range(batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(train_images[idx]), train_labels[idx])
+            loss = nn.functional.cross_entropy(net(inputs[idx]), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             total += loss.item() * len(idx)
-        log(f"epoch {epoch}/{epochs}: train loss {total / len(train_images):.4f} ({time.perf_counter() - start:.0f} s)")
-    model.eval()
-    return model
+        if log is not None:
+            log(epoch, total / len(inputs))
+    return net.eval()
 
 
 def save_classifier(model: MnistClassifier, path: str | Path = DEFAULT_CLASSIFIER, extra: dict | None = None) -> Path:

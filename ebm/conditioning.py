@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Kind, WeightsError, artifact_bytes, check_weights_path, read_artifact, write_atomically
+from .classifier import fit_classes
 from .energies import POOL_SIZE, autograd_energy, posterior_starts, sample_posterior, summed
 from .generate import SampleSettings, sample_chains
 from .models import MAX_WIDTH, LatentEBM
@@ -85,28 +85,12 @@ def latent_classifier_path(weights_path: str | Path) -> Path:
 
 def train_latent_classifier(model: LatentEBM, images: torch.Tensor, labels: torch.Tensor, epochs: int = 10,
                             batch_size: int = 256, lr: float = 3e-3, seed: int = 0) -> LatentClassifier:
-    """Adam with a one-cycle learning rate on cross-entropy over the model's codes of `images`;
-    deterministic for a given seed (one thread)."""
-    if epochs < 1 or batch_size < 1 or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    """Cross-entropy over the model's codes of `images` (`ebm.classifier.fit_classes`); deterministic for a given
+    seed (one thread)."""
     codes = torch.cat([model.encode(chunk) for chunk in images.split(8192)])
     torch.manual_seed(seed)
     classifier = LatentClassifier(LatentClassifierConfig(latent_dim=model.latent_dim))
-    generator = torch.Generator().manual_seed(seed)
-    batches = math.ceil(len(codes) / batch_size)
-    optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * batches)
-    classifier.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(codes), generator=generator)
-        for b in range(batches):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            loss = nn.functional.cross_entropy(classifier(codes[idx]), labels[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-    return classifier.eval()
+    return fit_classes(classifier, codes, labels, epochs, batch_size, lr, seed)
 
 
 @torch.no_grad()
