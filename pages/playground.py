@@ -48,9 +48,12 @@ s = st.session_state
 source_col, tool_col = st.columns([1.3, 2], gap="medium")
 image = test = None
 with source_col:
-    widgets.param_select(P["source"], "Your digit", format_func=SOURCES.get)
+    widgets.param_select(P["source"], "Your digit", format_func=SOURCES.get,
+                         disabled=s.get(P["tool"].key) == "compose")
     try:
-        if s.p_source == "draw":
+        if s.get(P["tool"].key) == "compose":
+            st.caption("Compose draws new digits from the energy: it needs none of yours.")
+        elif s.p_source == "draw":
             image = widgets.drawn_digit(loaded.threshold)
         elif s.p_source == "upload":
             image = widgets.uploaded_digit(loaded.threshold)
