@@ -224,7 +224,7 @@ def class_bars(histogram: np.ndarray, allowed: tuple[int, ...]) -> go.Figure:
     """Samples per digit class as the image classifier reads them; the allowed classes highlighted."""
     colours = ["#2ca02c" if d in allowed else "rgba(128,128,128,0.6)" for d in range(len(histogram))]
     fig = go.Figure(go.Bar(x=[str(d) for d in range(len(histogram))], y=histogram, marker_color=colours))
-    fig.update_layout(height=240, margin=dict(l=10, r=10, t=40, b=10), title="Digits the image classifier reads",
+    fig.update_layout(height=240, margin=dict(l=10, r=10, t=40, b=10), title="Digits read",
                       xaxis=dict(title="digit", type="category", dtick=1),
                       yaxis_title="samples")
     return fig
