@@ -188,8 +188,6 @@ def mark_code(fig: go.Figure, code: np.ndarray, dims: tuple[int, int], name: str
 
 
 SCORE_SET_COLOURS = {"MNIST test digits": "rgba(99,110,250,0.55)", "Fashion-MNIST test images": "rgba(239,85,59,0.5)"}
-
-
 SURPRISE_TICKS = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)  # nats, on the histogram's log axis
 
 
@@ -204,7 +202,6 @@ def score_histograms(sets: dict[str, np.ndarray], log_p_x: float, threshold: flo
     for name, values in surprise.items():
         fig.add_histogram(x=np.clip(values, lo, hi), name=name, histnorm="probability", opacity=0.75,
                           xbins=dict(start=lo, end=hi, size=(hi - lo) / 60), marker_color=SCORE_SET_COLOURS.get(name),
-                          customdata=10 ** np.clip(values, lo, hi),
                           hovertemplate=f"{name}<br>%{{y:.1%}} of them in this bin<extra></extra>")
     fig.add_vline(x=cut, line=dict(dash="dash", width=1.5, color="grey"),
                   annotation_text="outlier beyond", annotation_position="top right")

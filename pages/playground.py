@@ -49,9 +49,9 @@ source_col, tool_col = st.columns([1.3, 2], gap="medium")
 image = test = None
 with source_col:
     widgets.param_select(P["source"], "Your digit", format_func=SOURCES.get,
-                         disabled=s.get(P["tool"].key) == "compose")
+                         disabled=s.p_tool == "compose")
     try:
-        if s.get(P["tool"].key) == "compose":
+        if s.p_tool == "compose":
             st.caption("Compose draws new digits from the energy: it needs none of yours.")
         elif s.p_source == "draw":
             image = widgets.drawn_digit(loaded.threshold)
