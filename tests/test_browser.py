@@ -196,6 +196,7 @@ PAGES = [
     ("", "Digits from an energy landscape", "home"),
     ("sample", "Sample digits", "sample"),
     ("explorer", "Latent explorer", "explorer"),
+    ("playground", "Playground", "playground"),
     ("train", "Train your own model", "train"),
 ]
 
@@ -209,7 +210,7 @@ def test_page_opens_without_errors(page, server, path, heading, name):
     assert_no_exception(page, name)
     assert page.title(), "the page has a title"
     nav = sidebar(page).locator('[data-testid="stSidebarNav"]')
-    for label in ("Home", "Sample", "Latent explorer", "Train"):
+    for label in ("Home", "Sample", "Latent explorer", "Playground", "Train"):
         assert nav.get_by_text(label, exact=True).count() == 1, f"navigation lacks {label}"
     if name in ("home", "sample"):
         assert main(page).locator('[data-testid="stImage"] img').count() >= 1, "no sample picture"

@@ -42,7 +42,7 @@ def _top(locator) -> float:
 
 
 PAGES = [("", "Digits from an energy landscape"), ("sample", "Sample digits"), ("explorer", "Latent explorer"),
-         ("train", "Train your own model")]
+         ("playground", "Playground"), ("train", "Train your own model")]
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
