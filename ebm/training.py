@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .data import DATASETS, DEFAULT_THRESHOLD
 from .generate import MAX_SEED
@@ -80,6 +81,9 @@ class TrainConfig(Settings):
     negatives_per_datapoint: int = setting(1, low=1, label="Negatives per data code",
                                            help="Persistent chains advanced per data code each iteration")
     ebm_lr: float = setting(1e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate")
+    ebm_weight_ema: float = setting(0.0, low=0.0, high=1.0, high_open=True, ui_high=0.9999, label="Weight EMA decay",
+                                    help="The saved energy net is this exponential moving average of its weights "
+                                         "over the updates (0: the last weights)")
     ebm_train_images: int | None = setting(None, low=1, kind="int", optional=True, label="Stage-2 training images",
                                            help="Use only the first N training images in stage 2 (default: all)")
     ebm_code_noise: float = setting(0.03, low=0.0, label="Data-code noise",
@@ -212,13 +216,15 @@ class Snapshot:
     optimizer: dict
     chains: torch.Tensor
     step_size: float
+    average: dict | None  # the weight EMA's state, when there is one
 
     @classmethod
     def take(cls, iteration: int, energy: nn.Module, opt: torch.optim.Optimizer, buffer: ReplayBuffer,
-             step_size: float) -> Snapshot:
+             step_size: float, average: nn.Module | None) -> Snapshot:
         """A copy of the training state now, detached from the live net, optimiser and chains that go on changing."""
         return cls(iteration, copy.deepcopy(energy.state_dict()), copy.deepcopy(opt.state_dict()),
-                   buffer.positions.clone(), step_size)
+                   buffer.positions.clone(), step_size,
+                   None if average is None else copy.deepcopy(average.state_dict()))
 
 
 GAP_SMOOTHING = 0.02  # weight of each iteration in the running mean of E(negatives) - E(data), ~50 iterations
@@ -238,6 +244,9 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
     of the data's modes, so each update deepens wells they cannot find. The chains are then
     restarted at the data codes: inside those wells, they show the update what to flatten.
 
+    With `ebm_weight_ema` > 0 the negatives still come from the live net, and the net ends
+    holding the moving average of its weights (also after a stop).
+
     `should_stop` is asked after each block of Langevin steps; a stop drops the iteration under
     way before anything (chains, net, optimiser) is updated.
     """
@@ -246,68 +255,78 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
     opt = torch.optim.Adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations, eta_min=0.05 * cfg.ebm_lr)
     buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
+    average = (AveragedModel(energy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ebm_weight_ema))
+               if cfg.ebm_weight_ema else None)
     step_size, start = cfg.mcmc_step_size, time.perf_counter()
-    good, rollbacks, gap = Snapshot.take(0, energy, opt, buffer, step_size), 0, 0.0
-    for it in range(1, cfg.ebm_iterations + 1):
-        data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
-        if cfg.ebm_code_noise:
-            data = data + cfg.ebm_code_noise * torch.randn(data.shape, generator=gen)
-        indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
+    good, rollbacks, gap = Snapshot.take(0, energy, opt, buffer, step_size, average), 0, 0.0
+    try:
+        for it in range(1, cfg.ebm_iterations + 1):
+            data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
+            if cfg.ebm_code_noise:
+                data = data + cfg.ebm_code_noise * torch.randn(data.shape, generator=gen)
+            indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
+            energy.eval()  # a compiled snapshot of this iteration's net (ebm.kernels), on the CPU
+            sampler = build_sampler(cfg.sampler, energy.sampling_energy(), step_size, gen)
+            chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
+            if should_stop():
+                yield Progress("energy", it - 1, cfg.ebm_iterations, 0, time.perf_counter() - start)
+                return
+            negatives = chains.state.position
+            buffer.store(indices, negatives)
+            acceptance = chains.acceptance.mean().item()
+            if SAMPLERS[cfg.sampler].adjusted:
+                step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
+
+            energy.train()
+            e_pos, e_neg = energy(data), energy(negatives)
+            cd_loss = e_pos.mean() - e_neg.mean()
+            loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
+            gap += GAP_SMOOTHING * (-cd_loss.item() - gap)
+            if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
+                rollbacks += 1
+                if rollbacks > 5:
+                    raise DivergenceError(f"energy training diverged {rollbacks} times; last loss {loss.item()}")
+                energy.load_state_dict(good.energy)
+                opt.load_state_dict(good.optimizer)
+                buffer.positions.copy_(good.chains)
+                if average is not None:
+                    average.load_state_dict(good.average)
+                step_size, gap = good.step_size, 0.0
+                for group in opt.param_groups:
+                    group["lr"] *= 0.5
+                yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
+                               message=f"non-finite or exploding loss at iteration {it}: rolled back to iteration "
+                                       f"{good.iteration}, lr halved")
+                continue
+            if gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data, skip this update
+                buffer.positions.copy_(codes[torch.randint(len(codes), (len(buffer.positions),), generator=gen)])
+                yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
+                               message=f"negatives {gap:.2f} nats above the data at iteration {it}: "
+                                       "chains restarted from the data codes")
+                gap = 0.0
+                continue
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            if average is not None:
+                average.update_parameters(energy)
+            if it % 100 == 0 and gap < cfg.max_energy_gap / 2:
+                good = Snapshot.take(it, energy, opt, buffer, step_size, average)
+
+            if it % 10 == 0 or it == cfg.ebm_iterations:
+                decoded = None
+                if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
+                    decoded = model.decode(negatives[:16])
+                yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, {
+                    "cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
+                    "energy_negatives": e_neg.mean().item(), "acceptance": acceptance, "step_size": step_size,
+                }, negatives=decoded)
+    finally:  # also when the caller stops asking for events
+        if average is not None:
+            energy.load_state_dict(average.module.state_dict())
         energy.eval()
-        sampler = build_sampler(cfg.sampler, energy.energy_and_grad, step_size, gen)
-        chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
-        if should_stop():
-            yield Progress("energy", it - 1, cfg.ebm_iterations, 0, time.perf_counter() - start)
-            return
-        negatives = chains.state.position
-        buffer.store(indices, negatives)
-        acceptance = chains.acceptance.mean().item()
-        if SAMPLERS[cfg.sampler].adjusted:
-            step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
-
-        energy.train()
-        e_pos, e_neg = energy(data), energy(negatives)
-        cd_loss = e_pos.mean() - e_neg.mean()
-        loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
-        gap += GAP_SMOOTHING * (-cd_loss.item() - gap)
-        if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
-            rollbacks += 1
-            if rollbacks > 5:
-                raise DivergenceError(f"energy training diverged {rollbacks} times; last loss {loss.item()}")
-            energy.load_state_dict(good.energy)
-            opt.load_state_dict(good.optimizer)
-            buffer.positions.copy_(good.chains)
-            step_size, gap = good.step_size, 0.0
-            for group in opt.param_groups:
-                group["lr"] *= 0.5
-            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
-                           message=f"non-finite or exploding loss at iteration {it}: rolled back to iteration "
-                                   f"{good.iteration}, lr halved")
-            continue
-        if gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data, skip this update
-            buffer.positions.copy_(codes[torch.randint(len(codes), (len(buffer.positions),), generator=gen)])
-            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
-                           message=f"negatives {gap:.2f} nats above the data at iteration {it}: "
-                                   "chains restarted from the data codes")
-            gap = 0.0
-            continue
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        if it % 100 == 0 and gap < cfg.max_energy_gap / 2:
-            good = Snapshot.take(it, energy, opt, buffer, step_size)
-
-        if it % 10 == 0 or it == cfg.ebm_iterations:
-            decoded = None
-            if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
-                decoded = model.decode(negatives[:16])
-            yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, {
-                "cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
-                "energy_negatives": e_neg.mean().item(), "acceptance": acceptance, "step_size": step_size,
-            }, negatives=decoded)
-    energy.eval()
 
 
 def build_model(cfg: TrainConfig) -> LatentEBM:

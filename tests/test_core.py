@@ -121,6 +121,32 @@ def test_stopping_between_steps_keeps_what_was_trained():
     assert not torch.equal(before, model.energy.out.weight)
 
 
+def test_the_weight_ema_is_what_is_saved_and_leaves_the_training_itself_alone(monkeypatch):
+    """The net ends as the moving average of the weights after each update; the updates (and the
+    negatives, drawn from the live net) are those of the same run without it."""
+    from torch.optim.swa_utils import AveragedModel
+
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 25})
+    codes = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    plain = build_model(cfg)
+    list(train_energy(plain, codes, cfg))
+    live = []
+    record = AveragedModel.update_parameters
+    monkeypatch.setattr(AveragedModel, "update_parameters",
+                        lambda self, net: (live.append([p.detach().clone() for p in net.parameters()]),
+                                           record(self, net))[1])
+    averaged = build_model(cfg)
+    list(train_energy(averaged, codes, dataclasses.replace(cfg, ebm_weight_ema=0.8)))
+    assert len(live) == 25
+    assert all(torch.equal(a, b) for a, b in zip(live[-1], plain.energy.parameters(), strict=True))
+    expected = live[0]
+    for weights in live[1:]:
+        expected = [e + 0.2 * (w - e) for e, w in zip(expected, weights, strict=True)]
+    for e, p in zip(expected, averaged.energy.parameters(), strict=True):
+        torch.testing.assert_close(p.detach(), e)
+    assert not torch.equal(averaged.energy.out.weight, plain.energy.out.weight)
+
+
 def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
     cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 40})
     model = build_model(cfg)
@@ -142,7 +168,7 @@ def lift_negatives(monkeypatch, model, iterations: range, by: float = 3.0) -> No
     """Make E(negatives) read `by` nats above its value during `iterations`: what lost chains look like.
 
     Stage 2 calls the net's forward twice per iteration (data, then negatives); the sampler
-    uses `energy_and_grad`, so the chains themselves are untouched.
+    uses a compiled snapshot of the net (`EnergyNet.sampling_energy`), so the chains themselves are untouched.
     """
     calls = {"n": 0}
     real_forward = type(model.energy).forward
