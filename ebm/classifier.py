@@ -1,4 +1,5 @@
-"""A small CNN that classifies binarized MNIST digits: the feature extractor behind the image metrics.
+"""A small CNN that classifies binarized MNIST digits (or Fashion-MNIST clothes): the feature extractor behind
+the image metrics, one file per dataset (`classifier_path`).
 
 Its 128-d penultimate layer plays the role Inception-v3's pool features play in FID, and its
 softmax the role of Inception's label distribution in the Inception score. It is trained on
@@ -19,13 +20,20 @@ import torch
 from torch import nn
 
 from .checkpoint import REPO_ROOT, Kind, artifact_bytes, read_artifact, write_atomically
-from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
+from .data import DATASETS, DEFAULT_THRESHOLD, DatasetError, check_dataset, default_data_dir, load_binarized
 from .models import MAX_WIDTH
 from .validation import Settings, setting
 
 CLASSIFIER = Kind("mnist-ebm-classifier/1", "a classifier weights file",
                   "classifier weights {name} do not exist; create them with `python -m ebm train-classifier`")
-DEFAULT_CLASSIFIER = REPO_ROOT / "weights" / "classifier_mnist.safetensors"
+
+
+def classifier_path(dataset: str) -> Path:
+    """The shipped classifier for a dataset's images: `weights/classifier_<dataset>.safetensors`."""
+    return REPO_ROOT / "weights" / f"classifier_{check_dataset(dataset)}.safetensors"
+
+
+DEFAULT_CLASSIFIER = classifier_path("mnist")
 
 
 @dataclass
@@ -147,27 +155,29 @@ def load_classifier(path: str | Path = DEFAULT_CLASSIFIER) -> tuple[MnistClassif
 
 def add_train_classifier_arguments(p: argparse.ArgumentParser) -> None:
     """Add `train-classifier`'s options to its CLI subparser."""
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=None, help="dataset root (default $EBM_DATA_DIR or data/)")
-    p.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER, help="classifier weights file to write")
+    p.add_argument("--out", type=Path, default=None,
+                   help="classifier weights file to write (default: weights/classifier_<dataset>.safetensors)")
 
 
 def run_train_classifier(args: argparse.Namespace) -> Path:
-    """Train on binarized MNIST train, report test accuracy, save with the accuracy in the metadata."""
+    """Train on a binarized dataset's train split, report test accuracy, save with the accuracy in the metadata."""
     data_dir = args.data_dir or default_data_dir()
     try:
-        train_x, train_y = load_binarized("mnist", "train", data_dir, DEFAULT_THRESHOLD)
-        test_x, test_y = load_binarized("mnist", "test", data_dir, DEFAULT_THRESHOLD)
+        train_x, train_y = load_binarized(args.dataset, "train", data_dir, DEFAULT_THRESHOLD)
+        test_x, test_y = load_binarized(args.dataset, "test", data_dir, DEFAULT_THRESHOLD)
         model = train_classifier(train_x, train_y, args.epochs, args.batch_size, args.lr, args.seed)
     except (DatasetError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     acc = accuracy(model, test_x, test_y)
-    extra = {"dataset": "mnist", "threshold": DEFAULT_THRESHOLD, "test_accuracy": round(acc, 4),
+    extra = {"dataset": args.dataset, "threshold": DEFAULT_THRESHOLD, "test_accuracy": round(acc, 4),
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    path = save_classifier(model, args.out, extra)
+    path = save_classifier(model, args.out or classifier_path(args.dataset), extra)
     print(f"test accuracy {acc:.4f}; saved {path}")
     return path
 

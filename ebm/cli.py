@@ -20,7 +20,12 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import SHIPPED_WEIGHTS, WeightsError, check_weights_path, load_model, model_to_bytes, write_atomically
-from .classifier import DEFAULT_CLASSIFIER, add_train_classifier_arguments, load_classifier, run_train_classifier
+from .classifier import (
+    add_train_classifier_arguments,
+    classifier_path,
+    load_classifier,
+    run_train_classifier,
+)
 from .conditioning import (
     ClassSettings,
     class_shares,
@@ -265,7 +270,7 @@ def run_sample(args: argparse.Namespace) -> dict:
     report = {"settings": settings.as_dict(), "mean_acceptance": round(result.acceptance.mean().item(), 4),
               "written": written}
     if classes.conditional:
-        classifier, _ = load_classifier_or_exit(DEFAULT_CLASSIFIER)
+        classifier, _ = load_classifier_or_exit(classifier_path(meta.get("dataset", "mnist")))
         report["classes"] = {"digits": list(classes.digits), "exclude": list(classes.exclude),
                              "class_weight": classes.class_weight, "step_size_used": round(step_size, 4),
                              **class_shares(classifier, final, classes.allowed)}
@@ -305,8 +310,9 @@ def run_train_latent_classifier(args: argparse.Namespace) -> Path:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """`evaluate`'s flags: the weights to score, the sampler, how many samples, threads, and where the report goes."""
     p.add_argument("--weights", type=Path, default=SHIPPED_WEIGHTS, help="model weights to evaluate")
-    p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER,
-                   help="classifier weights for the image metrics")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="classifier weights for the image metrics (default: the shipped one for the model's "
+                        "dataset, weights/classifier_<dataset>.safetensors)")
     p.add_argument("--samples", type=int, default=10_000, help="images per model (and chains for the EBM)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=SampleSettings().sampler,
@@ -324,12 +330,17 @@ def run_evaluate(args: argparse.Namespace) -> dict:
         raise SystemExit(f"error: --threads must be >= 1, got {args.threads}")
     torch.set_num_threads(args.threads)
     try:
-        model, _ = load_model(args.weights)
+        model, meta = load_model(args.weights)
+        dataset = meta.get("dataset", "mnist")
+        args.classifier = args.classifier or classifier_path(dataset)
         classifier, classifier_meta = load_classifier(args.classifier)
+        if classifier_meta.get("dataset", dataset) != dataset:
+            raise ValueError(f"the classifier {args.classifier.name} reads {classifier_meta['dataset']} images, "
+                             f"but the model was trained on {dataset}")
         settings = SampleSettings(args.sampler, SAMPLERS[args.sampler].step_size, num_chains=args.samples,
                                   seed=args.seed)
         results = evaluate(model, classifier, args.data_dir, args.samples, args.seed, settings,
-                           log=lambda message: print(message, flush=True))
+                           log=lambda message: print(message, flush=True), dataset=dataset)
     except (WeightsError, DatasetError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     results["settings"]["threads"] = args.threads
@@ -405,10 +416,10 @@ def add_inpaint_arguments(p: argparse.ArgumentParser) -> None:
 def run_inpaint(args: argparse.Namespace) -> dict:
     """`inpaint`: hide half of the picture, sample it from p(z | visible pixels) (`ebm.energies.inpaint`), write the
     completions and print what the image classifier reads in each, as JSON."""
-    model, _, image = read_digit(args.image, args.weights)
+    model, meta, image = read_digit(args.image, args.weights)
     settings = SampleSettings(**{**INPAINTING.as_dict(), "num_chains": args.num_chains})
     view = inpaint_view(model, image, args.mask, args.seed, settings)
-    classifier, _ = load_classifier_or_exit(DEFAULT_CLASSIFIER)
+    classifier, _ = load_classifier_or_exit(classifier_path(meta.get("dataset", "mnist")))
     read = classifier.predict(view.completions)[1].argmax(-1).tolist()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     written = {name: str(args.out_dir / name) for name in ("masked.png", "completions.png", "chains.gif")}

@@ -8,7 +8,7 @@ in nats per code, comparable with Gaussian, GMM and normalizing-flow (`ebm.flow`
 same codes.
 
 Sample quality (`ebm.metrics`): FID, an Inception-score analogue, the class histogram and kNN
-precision/recall on an MNIST classifier's outputs. Decoded test codes (`reconstruction`) show
+precision/recall on the outputs of a classifier of the model's dataset. Decoded test codes (`reconstruction`) show
 what the decoder itself allows, a rough ceiling for any prior over its codes; training images
 (`data`) give the floor of the metrics. The command line (`python -m ebm evaluate`) is in `ebm.cli`.
 """
@@ -77,40 +77,45 @@ def sampler_diagnostics(chains: ChainResult, grid: GridQuadrature, warmup: float
 # -----------------------------------------------------------------------------
 # out-of-distribution detection
 
-OOD_IMAGES = 2000  # per set (MNIST test digits, Fashion-MNIST test images, noise): ~15 s each on one core
-OOD_SCORES = ("energy", "log_p_z", "log_p_x")  # `ebm.scoring.Scores` fields, higher = more digit-like but energy
+OOD_IMAGES = 2000  # per set (the model's test images, the other dataset's, noise): ~15 s each on one core
+OOD_SCORES = ("energy", "log_p_z", "log_p_x")  # `ebm.scoring.Scores` fields, higher = more like the data but energy
+
+
+OOD_OTHER = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}  # the other dataset: a model's outliers
 
 
 def ood_detection(model, test_x: torch.Tensor, log_z: float, data_dir=None, num_images: int = OOD_IMAGES,
-                  seed: int = 0) -> dict:
-    """AUROC of each score (`ebm.scoring`) for telling MNIST test digits from Fashion-MNIST and from noise.
+                  seed: int = 0, dataset: str = "mnist") -> dict:
+    """AUROC of each score (`ebm.scoring`) for telling the model's test images from the other dataset's
+    (`OOD_OTHER`: Fashion-MNIST for an MNIST model) and from noise.
 
-    Random subsets of `num_images` of each; noise is Bernoulli pixels at MNIST's mean ink density.
-    AUROC 1 means every digit scores above every outlier, 0.5 chance; energy is negated (low = digit).
-    `flagged_share` is the share of outliers below the `OUTLIER_PERCENTILE` of the digits' log p(x),
+    Random subsets of `num_images` of each; noise is Bernoulli pixels at the test images' mean ink density.
+    AUROC 1 means every test image scores above every outlier, 0.5 chance; energy is negated (low = inlier).
+    `flagged_share` is the share of outliers below the `OUTLIER_PERCENTILE` of the test images' log p(x),
     the verdict's threshold. A set that cannot be loaded gets an `error` instead of numbers.
     """
     gen = torch.Generator().manual_seed(seed)
     outliers: dict = {"noise": (torch.rand(num_images, 784, generator=gen) < test_x.mean()).float()}
+    other = OOD_OTHER[dataset]
     try:
-        fashion, _ = load_binarized("fashion-mnist", "test", data_dir)
-        outliers = {"fashion-mnist": fashion[torch.randperm(len(fashion), generator=gen)[:num_images]], **outliers}
+        images, _ = load_binarized(other, "test", data_dir)
+        outliers = {other: images[torch.randperm(len(images), generator=gen)[:num_images]], **outliers}
     except DatasetError as e:
-        outliers = {"fashion-mnist": f"Fashion-MNIST could not be loaded: {e}", **outliers}
-    digits = score_images(model, test_x[torch.randperm(len(test_x), generator=gen)[:num_images]], log_z, seed=seed)
-    threshold = np.percentile(digits.log_p_x, OUTLIER_PERCENTILE)
-    out: dict = {"num_images": len(digits.energy), "draws": IS_DRAWS, "outlier_percentile": OUTLIER_PERCENTILE,
-                 "mnist": {"median_log_p_x": float(np.median(digits.log_p_x)),
-                           "median_standard_error": float(np.median(digits.log_p_x_standard_error)),
-                           "median_ess_share": float(np.median(digits.effective_sample_size)) / IS_DRAWS}}
+        outliers = {other: f"{other} could not be loaded: {e}", **outliers}
+    inliers = score_images(model, test_x[torch.randperm(len(test_x), generator=gen)[:num_images]], log_z, seed=seed)
+    threshold = np.percentile(inliers.log_p_x, OUTLIER_PERCENTILE)
+    out: dict = {"num_images": len(inliers.energy), "draws": IS_DRAWS, "outlier_percentile": OUTLIER_PERCENTILE,
+                 "inliers": {"dataset": dataset, "median_log_p_x": float(np.median(inliers.log_p_x)),
+                             "median_standard_error": float(np.median(inliers.log_p_x_standard_error)),
+                             "median_ess_share": float(np.median(inliers.effective_sample_size)) / IS_DRAWS}}
     for name, images in outliers.items():
         if isinstance(images, str):
             out[name] = {"error": images}
             continue
         scores = score_images(model, images, log_z, seed=seed)
-        labels = np.r_[np.ones(len(digits.energy)), np.zeros(len(images))]
+        labels = np.r_[np.ones(len(inliers.energy)), np.zeros(len(images))]
         out[name] = {"auroc": {key: float(roc_auc_score(labels, (-1 if key == "energy" else 1)
-                                                        * np.r_[getattr(digits, key), getattr(scores, key)]))
+                                                        * np.r_[getattr(inliers, key), getattr(scores, key)]))
                                for key in OOD_SCORES},
                      "flagged_share": float(np.mean(scores.log_p_x < threshold)),
                      "median_log_p_x": float(np.median(scores.log_p_x))}
@@ -120,7 +125,7 @@ def ood_detection(model, test_x: torch.Tensor, log_z: float, data_dir=None, num_
 # -----------------------------------------------------------------------------
 # inpainting
 
-INPAINT_IMAGES = 1000  # the first test digits, their bottom half hidden: ~16 s on one core
+INPAINT_IMAGES = 1000  # the first test images, their bottom half hidden: ~16 s on one core
 INPAINT_HIDDEN = "bottom"
 
 
@@ -143,6 +148,7 @@ def evaluate(
     sample_settings: SampleSettings | None = None,
     flow_settings: FlowSettings | None = None,
     log: Callable[[str], None] = lambda message: None,
+    dataset: str = "mnist",
 ) -> dict:
     """Evaluate a LatentEBM against its baselines; returns a JSON-ready dict (see module doc).
 
@@ -150,6 +156,7 @@ def evaluate(
     the other Langevin sampler (ULA for MALA) is also run with the same settings, for the
     diagnostics only, to show the bias of the unadjusted chain at that step size. The flow
     baseline is fitted with `flow_settings` (default: FlowSettings(), issue 11's recipe) and `seed`.
+    `dataset` is the one the model was trained on, and `classifier`'s.
     """
     if not 10 <= num_samples <= 60_000:
         raise ValueError(f"num_samples must be in [10, 60000], got {num_samples}")
@@ -162,8 +169,8 @@ def evaluate(
         log(f"{name}: {timings[name]:.1f} s")
 
     model.eval()
-    train_x, _ = load_binarized("mnist", "train", data_dir)
-    test_x, test_labels = load_binarized("mnist", "test", data_dir)
+    train_x, _ = load_binarized(dataset, "train", data_dir)
+    test_x, test_labels = load_binarized(dataset, "test", data_dir)
     train_codes, test_codes = _encode(model, train_x), _encode(model, test_x)
     reference = Reference.from_features(classifier.predict(test_x)[0].numpy())
     lap("data")
@@ -211,14 +218,14 @@ def evaluate(
     results["diagnostics"] = {settings.sampler.lower(): sampler_diagnostics(chains, fine),
                               other: sampler_diagnostics(other_chains, fine)}
     lap("diagnostics")
-    results["ood"] = ood_detection(model, test_x, fine.log_z, data_dir, OOD_IMAGES, seed)
+    results["ood"] = ood_detection(model, test_x, fine.log_z, data_dir, OOD_IMAGES, seed, dataset)
     lap("ood")
     results["inpainting"] = inpainting_accuracy(model, classifier, test_x[:INPAINT_IMAGES],
                                                 test_labels[:INPAINT_IMAGES], INPAINT_HIDDEN)
     lap("inpainting")
     results["log_z"] = {**log_z, "used_for_nll": "quadrature_check"}
     results["settings"] = {
-        "num_samples": num_samples, "seed": seed, "sample_settings": settings.as_dict(),
+        "dataset": dataset, "num_samples": num_samples, "seed": seed, "sample_settings": settings.as_dict(),
         "grid_resolution": GRID_RESOLUTION, "grid_margin": GRID_MARGIN, "importance_samples": IS_SAMPLES,
         "baselines": {name: f"sklearn GaussianMixture({k}, covariance_type='full', random_state={seed})"
                       for name, k in BASELINES.items()},
@@ -260,20 +267,20 @@ def _log_z_lines(log_z: dict) -> list[str]:
 
 def _ood_lines(ood: dict) -> list[str]:
     """The out-of-distribution section: AUROC of each score per outlier set, or why a set is missing."""
-    n, pct, digits = ood["num_images"], ood["outlier_percentile"], ood["mnist"]
+    n, pct, inliers = ood["num_images"], ood["outlier_percentile"], ood["inliers"]
     lines = [
         "## Out-of-distribution detection", "",
-        (f"AUROC of each score for telling {n} MNIST test digits from {n} images of each other set (random "
-         "subsets; noise: Bernoulli pixels at MNIST's mean ink density); 1 = every digit scores above every "
-         "outlier, 0.5 = chance. Energy and log p(z) rank identically (log Z is a constant), so their AUROCs "
-         f"are equal by construction. log p(x), the image's likelihood under the whole model, by importance "
-         f"sampling with {ood['draws']} draws per image (digits: median standard error "
-         f"{digits['median_standard_error']:.3f} nats, median weight ESS {digits['median_ess_share']:.0%} of the "
-         f"draws). Flagged: share below percentile {pct:g} of the digits' log p(x), the playground's "
-         f"\"unlike anything in training\" threshold, which flags {pct:g}% of digits by construction."), "",
+        (f"AUROC of each score for telling {n} {inliers['dataset']} test images from {n} images of each other set "
+         "(random subsets; noise: Bernoulli pixels at the test images' mean ink density); 1 = every test image "
+         "scores above every outlier, 0.5 = chance. Energy and log p(z) rank identically (log Z is a constant), so "
+         "their AUROCs are equal by construction. log p(x), the image's likelihood under the whole model, by "
+         f"importance sampling with {ood['draws']} draws per image (test images: median standard error "
+         f"{inliers['median_standard_error']:.3f} nats, median weight ESS {inliers['median_ess_share']:.0%} of the "
+         f"draws). Flagged: share below percentile {pct:g} of the test images' log p(x), the playground's "
+         f"\"unlike anything in training\" threshold, which flags {pct:g}% of test images by construction."), "",
         "| images | AUROC energy | AUROC log p(z) | AUROC log p(x) | flagged | median log p(x) (nats) |",
         "|---|---|---|---|---|---|",
-        f"| mnist (in) | — | — | — | {pct / 100:.3f} | {digits['median_log_p_x']:.1f} |",
+        f"| {inliers['dataset']} (in) | — | — | — | {pct / 100:.3f} | {inliers['median_log_p_x']:.1f} |",
     ]
     errors = []
     for name, r in ood.items():
@@ -288,13 +295,13 @@ def _ood_lines(ood: dict) -> list[str]:
 
 
 def _inpainting_lines(r: dict) -> list[str]:
-    """The inpainting section: how often the classifier reads the true digit in a completion, with its bounds."""
+    """The inpainting section: how often the classifier reads the true class in a completion, with its bounds."""
     return [
         "## Inpainting", "",
-        (f"The first {r['images']} test digits with their {r['hidden']} half hidden, one completion each from "
+        (f"The first {r['images']} test images with their {r['hidden']} half hidden, one completion each from "
          f"p(z | visible pixels) (MALA, {r['settings']['num_steps']} steps at ε = {r['step_size']:.3g}, mean "
-         f"acceptance {r['mean_acceptance']:.2f}); the share the image classifier reads as the true digit. "
-         "Ceiling: the autoencoder's reconstruction of the whole digit; floor: the visible half alone."), "",
+         f"acceptance {r['mean_acceptance']:.2f}); the share the image classifier reads as the true class. "
+         "Ceiling: the autoencoder's reconstruction of the whole image; floor: the visible half alone."), "",
         "| completion | reconstruction (ceiling) | visible half only |", "|---|---|---|",
         f"| {r['inpainted']:.3f} | {r['reconstructed']:.3f} | {r['visible_only']:.3f} |", ""]
 

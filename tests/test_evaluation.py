@@ -310,7 +310,8 @@ def test_ood_detection_scores_each_set_and_energy_ranks_as_log_p_z(tmp_path):
 
     test_x, _ = load_binarized("mnist", "test", tmp_path)
     ood = ev.ood_detection(_tiny_model(), test_x, log_z=1.0, data_dir=tmp_path, num_images=200, seed=0)
-    assert ood["num_images"] == 200 and set(ood) >= {"mnist", "fashion-mnist", "noise"}
+    assert ood["num_images"] == 200 and set(ood) >= {"inliers", "fashion-mnist", "noise"}
+    assert ood["inliers"]["dataset"] == "mnist"
     for name in ("fashion-mnist", "noise"):
         auroc = ood[name]["auroc"]
         assert auroc["energy"] == auroc["log_p_z"]  # log Z is a constant: the same ranking
@@ -319,6 +320,10 @@ def test_ood_detection_scores_each_set_and_energy_ranks_as_log_p_z(tmp_path):
     assert ev.ood_detection(_tiny_model(), test_x, 1.0, tmp_path, 200, seed=0) == ood  # same seed, same numbers
     lines = "\n".join(ev._ood_lines(ood))
     assert "equal by construction" in lines and "| noise |" in lines and "| mnist (in) |" in lines
+    fashion_test_x, _ = load_binarized("fashion-mnist", "test", tmp_path)  # a Fashion-MNIST model's outliers: MNIST
+    reverse = ev.ood_detection(_tiny_model(), fashion_test_x, 1.0, tmp_path, 200, seed=0, dataset="fashion-mnist")
+    assert set(reverse) >= {"inliers", "mnist", "noise"} and "fashion-mnist" not in reverse
+    assert "| fashion-mnist (in) |" in "\n".join(ev._ood_lines(reverse))
 
 
 def test_ood_detection_says_why_fashion_mnist_is_missing(tmp_path, monkeypatch):
