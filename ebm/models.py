@@ -64,16 +64,21 @@ class Autoencoder(nn.Module):
         )
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 784) images in [0, 1] -> (N, d) raw latent codes."""
-        return self.encoder(images)
+        """(..., 784) images in [0, 1] -> (..., d) raw latent codes."""
+        return _rows(self.encoder, images, self.config.latent_dim)
 
     def decode_logits(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, d) raw codes -> (N, 784) pixel logits."""
-        return self.decoder(codes)
+        """(..., d) raw codes -> (..., 784) pixel logits."""
+        return _rows(self.decoder, codes, IMAGE_PIXELS)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, d) raw codes -> (N, 784) pixel probabilities."""
-        return torch.sigmoid(self.decoder(codes))
+        """(..., d) raw codes -> (..., 784) pixel probabilities."""
+        return torch.sigmoid(self.decode_logits(codes))
+
+
+def _rows(net: nn.Module, x: torch.Tensor, out_dim: int) -> torch.Tensor:
+    """`net` on the rows of x with any leading dims (the conv layers take only (N, features))."""
+    return net(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], out_dim)
 
 
 @dataclass

@@ -420,7 +420,7 @@ def test_temp_files_of_killed_saves_are_cleaned_and_a_save_in_progress_is_kept(t
 
 
 def test_a_conv_autoencoder_trains_saves_and_loads_bit_identically(tmp_path):
-    """The conv choice builds, trains a step, keeps the flat (N, 784) interface and survives a save and load;
+    """The conv choice builds, trains a step, keeps the flat (..., 784) interface and survives a save and load;
     a file whose metadata lacks the architecture (saved before it existed) loads as the MLP it holds."""
     cfg = TrainConfig(**TINY_CONFIG | {"ae_architecture": "conv", "ae_conv_channels": 4, "ae_hidden_dim": 16})
     model = build_model(cfg)
@@ -429,6 +429,9 @@ def test_a_conv_autoencoder_trains_saves_and_loads_bit_identically(tmp_path):
     assert math.isfinite(events[-1].losses["test_bce"])
     codes = model.encode(images[:8])
     assert codes.shape == (8, cfg.latent_dim) and model.decode(codes).shape == (8, 784)
+    stacked = codes.reshape(2, 4, cfg.latent_dim)  # draws x images, as ebm.scoring decodes them
+    assert torch.equal(model.decode(stacked), model.decode(codes).reshape(2, 4, 784))
+    assert torch.equal(model.encode(images[:8].reshape(2, 4, 784)), codes.reshape(2, 4, -1))
     loaded, _ = model_from_bytes(model_to_bytes(model))
     assert loaded.autoencoder.config.architecture == "conv"
     assert torch.equal(loaded.decode(codes), model.decode(codes))
