@@ -34,7 +34,7 @@ import torch
 
 from ebm import jobs
 from ebm import runs as runs_mod
-from ebm.checkpoint import SHIPPED_WEIGHTS, WeightsError, load_model, model_from_bytes
+from ebm.checkpoint import SHIPPED_MODELS, WeightsError, load_model, model_from_bytes
 from ebm.classifier import MnistClassifier, load_classifier
 from ebm.compare import CompareSettings, Comparison, compare_samplers
 from ebm.compare import table as compare_table
@@ -74,7 +74,8 @@ except ImportError:  # pragma: no cover -- older layout
     from streamlit.runtime.scriptrunner import RerunException
 
 MAX_UI_SEED = 2**31 - 1  # browsers keep integers exact only up to 2**53; 2**31 is plenty of seeds
-SHIPPED = "shipped"
+SHIPPED = "shipped"  # the picker's choice (and `model=` in the URL) for the shipped MNIST model
+SHIPPED_CHOICES = {(SHIPPED if dataset == "mnist" else f"shipped-{dataset}"): dataset for dataset in SHIPPED_MODELS}
 UPLOAD_PREFIX = "upload:"
 DATASET_LABELS = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 ECHO_LIMIT = 40  # characters of a URL value or a name shown back
@@ -360,10 +361,12 @@ def load_file_model(path: str | Path, name: str | None = None) -> LoadedModel:
     return LoadedModel(model, meta, ("file", str(path.resolve()), mtime), path.name, SHIPPED)
 
 
-def shipped_model() -> LoadedModel:
-    """The weights that ship with the app."""
-    loaded = load_file_model(SHIPPED_WEIGHTS)
-    loaded.label = f"shipped ({SHIPPED_WEIGHTS.name})"
+def shipped_model(dataset: str = "mnist") -> LoadedModel:
+    """The weights that ship with the app for a dataset (`ebm.checkpoint.SHIPPED_MODELS`)."""
+    path = SHIPPED_MODELS[dataset]
+    loaded = load_file_model(path)
+    loaded.label = f"shipped ({path.name})"
+    loaded.choice = next(choice for choice, d in SHIPPED_CHOICES.items() if d == dataset)
     return loaded
 
 
@@ -390,14 +393,15 @@ def _on_upload() -> None:
 
 
 def model_picker() -> LoadedModel:
-    """Sidebar: pick the shipped weights, a saved run, or an uploaded file; returns the loaded model.
+    """Sidebar: pick shipped weights (MNIST or Fashion-MNIST), a saved run, or an uploaded file; returns the model.
 
     The choice is kept across pages and, for the shipped model and runs, in the URL (`model=`).
     A choice that cannot be loaded falls back to the shipped model with a message.
     """
     runs = {r.name: r for r in runs_mod.list_runs()}
     uploads: dict = st.session_state.setdefault("uploads", {})
-    options = [SHIPPED] + list(runs) + [UPLOAD_PREFIX + d for d in uploads]
+    shipped = [choice for choice, dataset in SHIPPED_CHOICES.items() if SHIPPED_MODELS[dataset].is_file()]
+    options = shipped + list(runs) + [UPLOAD_PREFIX + d for d in uploads]
 
     if not st.session_state.get("_url_loaded_model"):
         st.session_state["_url_loaded_model"] = True
@@ -412,16 +416,16 @@ def model_picker() -> LoadedModel:
         st.session_state["model_choice"] = SHIPPED
 
     def label(choice: str) -> str:
-        if choice == SHIPPED:
-            return "Shipped (MNIST, 4-D)"
+        if choice in SHIPPED_CHOICES:
+            return f"Shipped ({DATASET_LABELS[SHIPPED_CHOICES[choice]]}, 4-D)"
         if choice.startswith(UPLOAD_PREFIX):
             return f"Uploaded: {uploads[choice[len(UPLOAD_PREFIX):]][0]}"
         return f"Run {choice}"
 
     with st.sidebar:
         choice = st.selectbox("Model", options, format_func=label, key="model_choice", persist_state="session",
-                              help="The shipped weights, runs trained on the Train page (saved under runs/), "
-                                   "or your own file")
+                              help="The shipped weights (MNIST digits or Fashion-MNIST clothes), runs trained on the "
+                                   "Train page (saved under runs/), or your own file")
         if choice in runs:
             st.caption(run_summary(runs[choice]))
         with st.expander("Use your own weights"):
@@ -437,8 +441,8 @@ def model_picker() -> LoadedModel:
 
     problem = None
     try:
-        if choice == SHIPPED:
-            loaded = shipped_model()
+        if choice in SHIPPED_CHOICES:
+            loaded = shipped_model(SHIPPED_CHOICES[choice])
         elif choice.startswith(UPLOAD_PREFIX):
             digest = choice[len(UPLOAD_PREFIX):]
             name, data = uploads[digest]

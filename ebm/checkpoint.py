@@ -28,7 +28,10 @@ from .models import Autoencoder, AutoencoderConfig, EnergyConfig, EnergyNet, Lat
 
 FORMAT = "mnist-ebm/1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_WEIGHTS = REPO_ROOT / "weights" / "mnist_d4.safetensors"
+SHIPPED_MODELS = {"mnist": REPO_ROOT / "weights" / "mnist_d4.safetensors",
+                  "fashion-mnist": REPO_ROOT / "weights" / "fashion-mnist_d4.safetensors"}
+"""The trained models in weights/, by the dataset each was trained on (`weights/README.md`)."""
+SHIPPED_WEIGHTS = SHIPPED_MODELS["mnist"]  # the default model of the app and the command line
 
 
 class WeightsError(ValueError):

@@ -43,6 +43,11 @@ st.caption("An energy is a score you can add to. Draw a digit and see how likely
            "repair it; hide half of it and sample what is missing; or add a classifier's energy and sample only the "
            "digits you ask for.")
 widgets.show_url_messages(url_messages)
+if loaded.dataset != "mnist":  # its classifiers, outlier set and drawing canvas are for digits
+    st.info(f"The Playground is made for digits, and this model was trained on "
+            f"{widgets.DATASET_LABELS.get(loaded.dataset, loaded.dataset)}: pick an MNIST model in the sidebar.",
+            icon=":material/info:")
+    st.stop()
 s = st.session_state
 
 source_col, tool_col = st.columns([1.3, 2], gap="medium")

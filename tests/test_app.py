@@ -330,6 +330,23 @@ def test_unknown_model_in_the_url_falls_back_to_shipped():
     assert at.selectbox(key="model_choice").value == "shipped"
 
 
+def test_the_shipped_fashion_mnist_model_is_in_the_picker_and_its_link_opens_it():
+    at = open_page("pages/sample.py")
+    assert at.selectbox(key="model_choice").options[:2] == ["Shipped (MNIST, 4-D)", "Shipped (Fashion-MNIST, 4-D)"]
+    at = open_page("pages/sample.py", {"model": "shipped-fashion-mnist", "chains": "4", "K": "5"})
+    assert not at.exception and not at.sidebar.warning
+    assert at.selectbox(key="model_choice").value == "shipped-fashion-mnist"
+    assert at.query_params["model"] == ["shipped-fashion-mnist"] and at.image
+
+
+def test_the_playground_asks_for_a_digit_model_when_given_fashion_mnist():
+    at = open_page("pages/playground.py", {"model": "shipped-fashion-mnist"})
+    assert not at.exception and not at.get("canvas")
+    assert [plain(i.value) for i in at.info] == [
+        "The Playground is made for digits, and this model was trained on Fashion-MNIST: pick an MNIST model in "
+        "the sidebar."]
+
+
 EVIL = ("x` **Session expired.** [Log in again](https://evil.example/login) ![t](https://evil.example/p.png) `"
         + "A" * 100_000)
 

@@ -4,6 +4,7 @@
   frames are caught while it runs (read from the <img> as drawn, so a frame that has since been replaced
   still counts), the page is screenshotted mid-run, then Stop ends it where it is and Run again finishes it.
 - Compare: every sampler's row in the table and one marginal chart per latent dim, screenshotted.
+- Fashion-MNIST: the second shipped model's samples, opened from a link, screenshotted.
 
 The server, browser and helpers are test_browser.py's (same skips, same Chromium); screenshots land in
 artifacts/screenshots/ (sample_live.png and sample_compare.png at 1400 px; the same at 1200 px in the dark
@@ -125,3 +126,14 @@ def test_the_samplers_compared(view_page, server):
     assert table.count() == 1 and main(page).get_by_text("Marginal of z3").count() == 1
     page.screenshot(path=str(SHOTS / f"sample_compare{page.suffix}.png"))
     assert_no_exception(page, "compare")
+
+
+def test_the_shipped_fashion_mnist_model_samples_clothes(view_page, server):
+    """The picker's second shipped model, opened from its link: its grid of 64 samples, screenshotted."""
+    page = view_page
+    page.goto(f"{server['url']}/sample?model=shipped-fashion-mnist&chains=64&K=500&seed={page.seed}")
+    main(page).get_by_text("64 samples after step 500").wait_for()
+    settle(page)
+    assert page.locator('[data-testid="stSidebar"]').get_by_text("Shipped (Fashion-MNIST, 4-D)").count() == 1
+    shot(page, f"sample_fashion{page.suffix}")
+    assert_no_exception(page, "fashion-mnist samples")
