@@ -32,14 +32,15 @@ from ebm.models import Autoencoder  # noqa: E402
 from ebm.threads import limit_native_threads  # noqa: E402
 from ebm.training import TrainConfig, train_autoencoder  # noqa: E402
 
+MLP = dict(ae_architecture="mlp", ae_hidden_dim=512, ae_lr=1e-3)  # the default until issue 11
 CONV = dict(ae_architecture="conv", ae_hidden_dim=256, ae_conv_channels=32, ae_lr=2e-3)
 CANDIDATES = {
-    "mlp": {},  # the shipped recipe
-    "mlp-noise0.05": dict(ae_latent_noise=0.05),
+    "mlp": MLP,
+    "mlp-noise0.05": dict(MLP, ae_latent_noise=0.05),
     "conv": CONV,
     "conv-noise0.05": dict(CONV, ae_latent_noise=0.05),
     "conv-noise0.2": dict(CONV, ae_latent_noise=0.2),
-    "conv-narrow": dict(CONV, ae_conv_channels=16),  # 1.7 M multiply-adds an image, the MLP's 1.3 M
+    "conv-narrow": dict(CONV, ae_conv_channels=16),  # the default; 1.7 M multiply-adds an image, the MLP's 1.3 M
     "conv-wide": dict(CONV, ae_conv_channels=64, ae_hidden_dim=512),
 }
 

@@ -34,7 +34,8 @@ def miniature(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(
         cfg, ae_epochs=1, ae_batch_size=min(cfg.ae_batch_size, CALIBRATION_BATCH),
         ebm_iterations=CALIBRATION_ITERATIONS, ebm_batch_size=min(cfg.ebm_batch_size, CALIBRATION_BATCH),
-        mcmc_steps=min(cfg.mcmc_steps, CALIBRATION_STEPS), ebm_train_images=None, negatives_every=0)
+        mcmc_steps=min(cfg.mcmc_steps, CALIBRATION_STEPS), ebm_train_images=None, negatives_every=0,
+        ebm_likelihood_iterations=0)  # chain iterations: the likelihood ones cost less (and need a proposal fit)
 
 
 @functools.lru_cache(maxsize=64)

@@ -40,6 +40,26 @@ class ImportanceEstimate:
                 "seconds": self.seconds}
 
 
+def proposal_draws(codes: torch.Tensor | np.ndarray, num_samples: int, components: int = 10,
+                   tail_weight: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """`num_samples` draws x (float64, (N, d)) from a heavy-tailed proposal q fitted to the codes, and log q(x).
+
+    q = (1 - tail_weight) GMM(codes) + tail_weight Student-t(3 dof, codes' mean, 4 x their
+    covariance): the GMM puts the samples where the mass is, the t tail keeps the weights
+    bounded where the GMM falls off faster than exp(-E). The mixture is sampled with fixed
+    component counts (stratified), which keeps importance estimates unbiased.
+    """
+    x_fit = np.asarray(codes, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(x_fit)
+    tail = multivariate_t(loc=x_fit.mean(0), shape=4.0 * np.cov(x_fit.T), df=3)
+    n_tail = max(1, round(num_samples * tail_weight))
+    x = np.concatenate([gmm.sample(num_samples - n_tail)[0],
+                        tail.rvs(size=n_tail, random_state=rng).reshape(n_tail, -1)])
+    alpha = n_tail / num_samples
+    return x, np.logaddexp(np.log1p(-alpha) + gmm.score_samples(x), np.log(alpha) + tail.logpdf(x))
+
+
 @torch.no_grad()
 def importance_log_z(
     energy: Energy,
@@ -49,23 +69,9 @@ def importance_log_z(
     tail_weight: float = 0.1,
     seed: int = 0,
 ) -> ImportanceEstimate:
-    """log Z = log E_q[exp(-E(x)) / q(x)] with a heavy-tailed proposal q fitted to the codes.
-
-    q = (1 - tail_weight) GMM(codes) + tail_weight Student-t(3 dof, codes' mean, 4 x their
-    covariance): the GMM puts the samples where the mass is, the t tail keeps the weights
-    bounded where the GMM falls off faster than exp(-E). The mixture is sampled with fixed
-    component counts (stratified), which keeps the estimate unbiased.
-    """
+    """log Z = log E_q[exp(-E(x)) / q(x)] with the `proposal_draws` proposal fitted to the codes."""
     start = time.perf_counter()
-    x_fit = np.asarray(codes, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    gmm = GaussianMixture(components, covariance_type="full", random_state=seed).fit(x_fit)
-    tail = multivariate_t(loc=x_fit.mean(0), shape=4.0 * np.cov(x_fit.T), df=3)
-    n_tail = max(1, round(num_samples * tail_weight))
-    x = np.concatenate([gmm.sample(num_samples - n_tail)[0],
-                        tail.rvs(size=n_tail, random_state=rng).reshape(n_tail, -1)])
-    alpha = n_tail / num_samples
-    log_q = np.logaddexp(np.log1p(-alpha) + gmm.score_samples(x), np.log(alpha) + tail.logpdf(x))
+    x, log_q = proposal_draws(codes, num_samples, components, tail_weight, seed)
     energies = torch.cat([energy(p) for p in torch.from_numpy(x).float().split(65_536)]).double().numpy()
     log_z, standard_error, ess = log_mean_exp(-energies - log_q)
     return ImportanceEstimate(log_z=log_z, standard_error=standard_error, effective_sample_size=ess,

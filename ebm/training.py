@@ -51,18 +51,18 @@ class TrainConfig(Settings):
     seed: int = setting(0, low=0, high=MAX_SEED, ui_high=2**31 - 1, label="Seed")  # browsers keep ints exact to 2**53
     device: str = setting("cpu", choices=("cpu", "cuda"), label="Device")
     # stage 1: autoencoder
-    ae_architecture: str = setting("mlp", choices=ARCHITECTURES, label="Autoencoder",
+    ae_architecture: str = setting("conv", choices=ARCHITECTURES, label="Autoencoder",
                                    help="mlp: fully connected; conv: two stride-2 convolutions each way")
-    ae_hidden_dim: int = setting(512, low=1, high=MAX_WIDTH, ui_low=8, ui_high=2048, step=8, label="Hidden width",
+    ae_hidden_dim: int = setting(256, low=1, high=MAX_WIDTH, ui_low=8, ui_high=2048, step=8, label="Hidden width",
                                  help="Width of the fully-connected layers of the encoder and decoder")
-    ae_conv_channels: int = setting(32, low=1, high=MAX_CHANNELS, ui_high=128, step=8, label="Conv channels",
+    ae_conv_channels: int = setting(16, low=1, high=MAX_CHANNELS, ui_high=128, step=8, label="Conv channels",
                                     help="Channels of the first convolution (the second has twice as many); conv only")
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH, ui_low=2, ui_high=6, label="Latent dimensions",
                               help="4 keeps the log Z quadrature and the explorer fast")
     ae_epochs: int = setting(12, low=0, ui_high=200, label="Epochs",
                              help="Passes over the training set (0 skips stage 1: the decoder stays untrained)")
     ae_batch_size: int = setting(128, low=1, ui_low=8, ui_high=4096, step=8, label="Batch size")
-    ae_lr: float = setting(1e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate",
+    ae_lr: float = setting(2e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate",
                            help="Peak rate of the one-cycle schedule")
     ae_latent_noise: float = setting(0.1, low=0.0, ui_high=2.0, label="Code noise",
                                      help="Std of noise added to codes before decoding")
@@ -87,7 +87,18 @@ class TrainConfig(Settings):
     ebm_train_images: int | None = setting(None, low=1, kind="int", optional=True, label="Stage-2 training images",
                                            help="Use only the first N training images in stage 2 (default: all)")
     ebm_code_noise: float = setting(0.03, low=0.0, label="Data-code noise",
-                                    help="Std of noise added to the data codes (standardized units) in stage 2")
+                                    help="Std of noise added to the data codes (standardized units) in stage 2's "
+                                         "chain iterations")
+    ebm_likelihood_iterations: int = setting(0, low=0, ui_high=100_000, step=10, label="Likelihood iterations",
+                                             help="The last N iterations (all, if fewer) take the negatives from "
+                                                  "importance sampling instead of Langevin chains: the exact "
+                                                  "likelihood gradient, which a 4-D latent allows")
+    likelihood_proposals: int = setting(4096, low=1, ui_low=64, ui_high=65_536, step=64,
+                                        label="Proposals per likelihood iteration",
+                                        help="Importance-weighted draws that stand for the model in each of them")
+    likelihood_lr: float = setting(2e-4, low=0.0, low_open=True, ui_low=1e-6, ui_high=1.0,
+                                   label="Likelihood learning rate",
+                                   help="Peak rate of the likelihood iterations (a fresh Adam, cosine to 0)")
     sampler: str = setting("mala", choices=tuple(SAMPLERS), label="Negatives sampler")
     mcmc_steps: int = setting(20, low=1, ui_high=500, label="Langevin steps per update", help="K for the negatives")
     mcmc_step_size: float = setting(0.2, low=0.0, low_open=True, ui_low=1e-3, ui_high=5.0, label="Initial step size ε",
@@ -244,6 +255,16 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
     of the data's modes, so each update deepens wells they cannot find. The chains are then
     restarted at the data codes: inside those wells, they show the update what to flatten.
 
+    The last `ebm_likelihood_iterations` replace the chains by importance sampling: a fixed pool of
+    draws from a proposal fitted to the data codes (`ebm.importance.proposal_draws`, the one that
+    checks log Z), `likelihood_proposals` of them per update, weighted by exp(-E) / q. Their weighted
+    mean of ∇E estimates E_model[∇E] without the bias of chains that have not mixed, so those updates
+    follow the gradient of the exact log-likelihood (in 4-D the weights' ESS stays high, and it is
+    reported as `proposal_ess`). They fit the codes themselves (no code noise), with a fresh Adam
+    (default betas) from `likelihood_lr` annealed to 0, and without the energy regularizer, which would
+    pull the fit away from the likelihood's optimum (the likelihood's gradient leaves the energies'
+    offset alone). The chain iterations' learning rate anneals over the chain iterations.
+
     With `ebm_weight_ema` > 0 the negatives still come from the live net, and the net ends
     holding the moving average of its weights (also after a stop).
 
@@ -253,34 +274,52 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     energy = model.energy
     opt = torch.optim.Adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations, eta_min=0.05 * cfg.ebm_lr)
+    chain_iterations = cfg.ebm_iterations - min(cfg.ebm_likelihood_iterations, cfg.ebm_iterations)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(chain_iterations, 1), eta_min=0.05 * cfg.ebm_lr)
     buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
     average = (AveragedModel(energy, multi_avg_fn=get_ema_multi_avg_fn(cfg.ebm_weight_ema))
                if cfg.ebm_weight_ema else None)
     step_size, start = cfg.mcmc_step_size, time.perf_counter()
     good, rollbacks, gap = Snapshot.take(0, energy, opt, buffer, step_size, average), 0, 0.0
+    proposals = None  # (draws, their log q), made when the likelihood iterations begin
     try:
         for it in range(1, cfg.ebm_iterations + 1):
             data = codes[torch.randint(len(codes), (cfg.ebm_batch_size,), generator=gen)]
-            if cfg.ebm_code_noise:
+            likelihood = it > chain_iterations
+            if cfg.ebm_code_noise and not likelihood:  # the likelihood iterations fit the codes themselves
                 data = data + cfg.ebm_code_noise * torch.randn(data.shape, generator=gen)
-            indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
-            energy.eval()  # a compiled snapshot of this iteration's net (ebm.kernels), on the CPU
-            sampler = build_sampler(cfg.sampler, energy.sampling_energy(), step_size, gen)
-            chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
+            if likelihood:
+                if proposals is None:
+                    proposals = proposal_pool(codes, cfg.seed)
+                    opt = torch.optim.Adam(energy.parameters(), lr=cfg.likelihood_lr)
+                    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations - chain_iterations)
+                    good = Snapshot.take(it - 1, energy, opt, buffer, step_size, average)
+                drawn = torch.randint(len(proposals[0]), (cfg.likelihood_proposals,), generator=gen)
+                negatives, log_q = proposals[0][drawn], proposals[1][drawn]
+            else:
+                indices, init = buffer.draw(cfg.ebm_batch_size * cfg.negatives_per_datapoint, cfg.reinit_prob)
+                energy.eval()  # a compiled snapshot of this iteration's net (ebm.kernels), on the CPU
+                sampler = build_sampler(cfg.sampler, energy.sampling_energy(), step_size, gen)
+                chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
+                negatives, log_q = chains.state.position, None
             if should_stop():
                 yield Progress("energy", it - 1, cfg.ebm_iterations, 0, time.perf_counter() - start)
                 return
-            negatives = chains.state.position
-            buffer.store(indices, negatives)
-            acceptance = chains.acceptance.mean().item()
-            if SAMPLERS[cfg.sampler].adjusted:
-                step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
+            if log_q is None:
+                buffer.store(indices, negatives)
+                acceptance = chains.acceptance.mean().item()
+                if SAMPLERS[cfg.sampler].adjusted:
+                    step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
 
             energy.train()
             e_pos, e_neg = energy(data), energy(negatives)
-            cd_loss = e_pos.mean() - e_neg.mean()
-            loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
+            if likelihood:  # E_model by self-normalized importance weights, exp(-E) / q
+                weights = torch.softmax(-e_neg.detach() - log_q, 0)
+                cd_loss = e_pos.mean() - weights @ e_neg
+                loss = cd_loss
+            else:  # E_model by the chains' plain means
+                cd_loss = e_pos.mean() - e_neg.mean()
+                loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
             gap += GAP_SMOOTHING * (-cd_loss.item() - gap)
             if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
                 rollbacks += 1
@@ -298,7 +337,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                                message=f"non-finite or exploding loss at iteration {it}: rolled back to iteration "
                                        f"{good.iteration}, lr halved")
                 continue
-            if gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data, skip this update
+            if log_q is None and gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data
                 buffer.positions.copy_(codes[torch.randint(len(codes), (len(buffer.positions),), generator=gen)])
                 yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
                                message=f"negatives {gap:.2f} nats above the data at iteration {it}: "
@@ -318,15 +357,29 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
             if it % 10 == 0 or it == cfg.ebm_iterations:
                 decoded = None
                 if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
-                    decoded = model.decode(negatives[:16])
-                yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, {
-                    "cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
-                    "energy_negatives": e_neg.mean().item(), "acceptance": acceptance, "step_size": step_size,
-                }, negatives=decoded)
+                    shown = slice(16) if log_q is None else torch.multinomial(weights, 16, generator=gen)
+                    decoded = model.decode(negatives[shown])
+                losses = {"cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
+                          "energy_negatives": e_pos.mean().item() - cd_loss.item()}
+                losses |= ({"acceptance": acceptance, "step_size": step_size} if log_q is None
+                           else {"proposal_ess": 1 / weights.square().sum().item() / len(weights)})
+                yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, losses,
+                               negatives=decoded)
     finally:  # also when the caller stops asking for events
         if average is not None:
             energy.load_state_dict(average.module.state_dict())
         energy.eval()
+
+
+LIKELIHOOD_POOL = 262_144  # proposal draws made once for the likelihood iterations (a few seconds)
+
+
+def proposal_pool(codes: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`LIKELIHOOD_POOL` draws from `ebm.importance`'s proposal fitted to the codes, and their log q, float32."""
+    from .importance import proposal_draws  # scikit-learn and scipy: only trainings that get this far import them
+
+    draws, log_q = proposal_draws(codes, LIKELIHOOD_POOL, seed=seed)
+    return torch.from_numpy(draws).float(), torch.from_numpy(log_q).float()
 
 
 def build_model(cfg: TrainConfig) -> LatentEBM:

@@ -24,7 +24,8 @@ REFRESH_S = 2.0  # the live panel's period
 STAGE1 = ("ae_epochs", "ae_hidden_dim", "latent_dim", "ae_batch_size", "ae_lr", "ae_latent_noise", "ae_code_penalty",
           "ae_conv_channels")  # and ae_architecture, a choice (`choice_field`)
 STAGE2 = ("ebm_iterations", "ebm_hidden_dim", "ebm_layers", "ebm_tilt_sigma", "ebm_batch_size", "ebm_lr", "mcmc_steps",
-          "mcmc_step_size", "target_acceptance", "buffer_size", "reinit_prob", "energy_reg", "grad_clip")
+          "mcmc_step_size", "target_acceptance", "buffer_size", "reinit_prob", "energy_reg", "grad_clip",
+          "ebm_likelihood_iterations", "likelihood_proposals")
 
 
 def number_field(name: str) -> float | int:
@@ -81,7 +82,7 @@ def config_fields() -> TrainConfig:
             values["ae_architecture"] = choice_field("ae_architecture")
             values.update(stage_fields(STAGE1, 4))
         with st.container(key="stage_2"):
-            st.markdown("**Stage 2 · energy net** (persistent contrastive divergence)")
+            st.markdown("**Stage 2 · energy net** (persistent contrastive divergence, then the exact likelihood)")
             values.update(stage_fields(STAGE2, 4))
             values["sampler"] = choice_field("sampler")
     known = {f.name for f in fields(TrainConfig)}

@@ -46,7 +46,7 @@ def tiny_data_dir(tmp_path_factory):
 
 TINY_CONFIG = dict(
     ae_hidden_dim=32, ae_epochs=1, ae_batch_size=64, ebm_hidden_dim=16, ebm_iterations=20,
-    ebm_batch_size=32, mcmc_steps=3, buffer_size=128,
+    ebm_batch_size=32, mcmc_steps=3, buffer_size=128, ebm_likelihood_iterations=0,
 )
 
 

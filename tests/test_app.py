@@ -336,7 +336,7 @@ def test_the_shipped_fashion_mnist_model_is_in_the_picker_and_its_link_opens_it(
     at = open_page("pages/sample.py", {"model": "shipped-fashion-mnist", "chains": "4", "K": "5"})
     assert not at.exception and not at.sidebar.warning
     assert at.selectbox(key="model_choice").value == "shipped-fashion-mnist"
-    assert at.query_params["model"] == ["shipped-fashion-mnist"] and at.image
+    assert at.query_params["model"] == "shipped-fashion-mnist" and at.image
 
 
 def test_the_playground_asks_for_a_digit_model_when_given_fashion_mnist():

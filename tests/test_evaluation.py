@@ -270,6 +270,16 @@ def test_run_evaluate_end_to_end_on_synthetic_data(tmp_path, monkeypatch):
     assert saved["inpainting"]["images"] == 20 and "## Inpainting" in report
 
 
+def test_run_evaluate_refuses_a_classifier_of_another_dataset(tmp_path):
+    weights = save_model(build_model(TrainConfig(ae_hidden_dim=16, ebm_hidden_dim=8, dataset="fashion-mnist")),
+                         tmp_path / "m.safetensors", extra={"dataset": "fashion-mnist", "threshold": 0.5})
+    args = argparse.Namespace(weights=weights, classifier=DEFAULT_CLASSIFIER, samples=100, seed=0, sampler="mala",
+                              data_dir=tmp_path / "data", out_dir=tmp_path / "eval", threads=1)
+    with pytest.raises(SystemExit, match="reads mnist images, but the model was trained on fashion-mnist"):
+        run_evaluate(args)
+    assert not (tmp_path / "eval").exists()
+
+
 def test_evaluate_reports_the_flow_baseline(tmp_path, monkeypatch):
     """The flow row: an NLL over the same test codes and the same image metrics as the other baselines."""
     from ebm.flow import FlowSettings

@@ -21,7 +21,7 @@ from ebm.training import DivergenceError, TrainConfig, build_model, train
 from conftest import disk_full_under, full_disk, running_job, synthetic_data_loader
 
 TINY = dict(ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2, ebm_iterations=30,
-            ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10)
+            ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10, ebm_likelihood_iterations=10)
 
 
 def tiny(**overrides) -> TrainConfig:
@@ -61,7 +61,9 @@ def test_training_runs_in_the_background_and_saves_a_run(tmp_path):
     assert stages[0] == "autoencoder" and stages[-1] == "energy" and stages == sorted(stages)
     assert snap.progress == {"autoencoder": 1.0, "energy": 1.0}
     assert any("test_bce" in e["losses"] for e in snap.series("autoencoder"))
-    assert {"cd_loss", "energy_data", "energy_negatives", "acceptance"} <= set(snap.series("energy")[-1]["losses"])
+    energy = snap.series("energy")  # 20 chain iterations, then 10 likelihood iterations
+    assert {"cd_loss", "energy_data", "energy_negatives", "acceptance"} <= set(energy[1]["losses"])
+    assert {"cd_loss", "energy_data", "energy_negatives", "proposal_ess"} <= set(energy[-1]["losses"])
     assert snap.negatives is not None and snap.negatives.shape == (16, 784) and snap.negatives_step == 30
     # the saved run: a new folder under the runs dir, loadable, listed, with its history
     assert snap.run_path.parent.parent == tmp_path and snap.run_path.name == runs.WEIGHTS_NAME
@@ -317,7 +319,7 @@ def test_a_stop_check_that_never_fires_changes_nothing():
 
 
 def test_a_stop_inside_the_langevin_steps_drops_that_iteration():
-    cfg = tiny(ae_epochs=0, ebm_iterations=5, mcmc_steps=500)  # 500 steps: 8 blocks of 64 per iteration
+    cfg = tiny(ae_epochs=0, ebm_iterations=5, mcmc_steps=500, ebm_likelihood_iterations=0)  # 8 blocks of 64 steps each
     model = build_model(cfg)
     before = {k: v.clone() for k, v in model.energy.state_dict().items()}
     stop = StopAfter(3)  # asked once between the stages, then after each block: True after the second block

@@ -166,8 +166,16 @@ def test_the_grid_quadrature_stops_when_asked(tiny_model):
 
 
 # ---- training ------------------------------------------------------------------------------------
+MLP = dict(ae_architecture="mlp", ae_hidden_dim=512, ae_lr=1e-3)  # the default autoencoder before issue 11
+
+
+def mlp_config(**settings) -> TrainConfig:
+    """A config with the MLP autoencoder, whose cost the figures in these tests are worked out for."""
+    return TrainConfig(**{**MLP, **settings})
+
+
 def test_a_training_costs_its_epochs_and_iterations():
-    default = TrainConfig()
+    default = mlp_config()  # the formulas below are the MLP autoencoder's
     per_image = 3 * 2 * (784 * 512 + 512 * 512 + 512 * 4)  # forward through the six layers, backward twice that
     epoch = 60_000 * per_image + 469 * UPDATE_OVERHEAD_MACS  # 469 batches of 128
     iteration = (
@@ -179,7 +187,8 @@ def test_a_training_costs_its_epochs_and_iterations():
     assert energy_iteration_macs(default) == iteration and training_macs(default) == 12 * epoch + 16_000 * iteration
     assert MAX_TRAINING_MACS / 6 < training_macs(default) < MAX_TRAINING_MACS / 4  # the defaults: a fifth of the cap
     check_training_cost(default)
-    assert stage_macs(TrainConfig(ae_epochs=0))["autoencoder"] == 0
+    check_training_cost(TrainConfig())  # and today's default, the conv autoencoder
+    assert stage_macs(mlp_config(ae_epochs=0))["autoencoder"] == 0
 
 
 @pytest.mark.parametrize(
@@ -226,20 +235,20 @@ def test_a_training_costs_its_epochs_and_iterations():
 )
 def test_a_training_above_the_caps_is_refused_naming_the_setting_to_lower(settings, match):
     with pytest.raises(TrainingTooCostly, match=match):
-        check_training_cost(TrainConfig(**settings))
+        check_training_cost(mlp_config(**settings))
 
 
 def test_what_a_refusal_suggests_fits():
-    check_training_cost(TrainConfig(ae_hidden_dim=2048, ae_batch_size=2868))
+    check_training_cost(mlp_config(ae_hidden_dim=2048, ae_batch_size=2868))
     check_training_cost(
-        TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=58, ebm_iterations=500)
+        mlp_config(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=58, ebm_iterations=500)
     )
     assert (
-        energy_iteration_macs(TrainConfig(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59))
+        energy_iteration_macs(mlp_config(ebm_hidden_dim=256, ebm_layers=4, ebm_batch_size=4096, mcmc_steps=59))
         > MAX_ITERATION_MACS
     )
-    check_training_cost(TrainConfig(ae_epochs=193))
-    check_training_cost(TrainConfig(ebm_iterations=98_786))
+    check_training_cost(mlp_config(ae_epochs=193))
+    check_training_cost(mlp_config(ebm_iterations=98_786))
 
 
 def test_the_time_estimate_is_measured_here_once_per_shape(monkeypatch):
@@ -290,7 +299,7 @@ def test_autoencoder_macs_and_parameters_match_torch_counts(architecture, hidden
 
 def test_a_conv_autoencoder_costs_its_own_multiply_adds_in_training():
     """The app's training cap counts a conv autoencoder's epochs by the conv's cost, not the MLP's."""
-    mlp, conv = TrainConfig(), TrainConfig(ae_architecture="conv", ae_hidden_dim=256)
+    mlp, conv = mlp_config(), TrainConfig(ae_architecture="conv", ae_hidden_dim=256, ae_conv_channels=32)
     ratio = stage_macs(conv)["autoencoder"] / stage_macs(mlp)["autoencoder"]
     per_image = autoencoder_forward_macs(conv.autoencoder_config()) / autoencoder_forward_macs(mlp.autoencoder_config())
     assert 3.5 < ratio <= per_image < 4  # 5.0 M vs 1.3 M multiply-adds an image; the update overhead is shared
