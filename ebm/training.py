@@ -301,11 +301,11 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                 energy.eval()  # a compiled snapshot of this iteration's net (ebm.kernels), on the CPU
                 sampler = build_sampler(cfg.sampler, energy.sampling_energy(), step_size, gen)
                 chains = run_chains(sampler, sampler.init(init), cfg.mcmc_steps, callback=lambda done: should_stop())
-                negatives, log_q = chains.state.position, None
+                negatives = chains.state.position
             if should_stop():
                 yield Progress("energy", it - 1, cfg.ebm_iterations, 0, time.perf_counter() - start)
                 return
-            if log_q is None:
+            if not likelihood:
                 buffer.store(indices, negatives)
                 acceptance = chains.acceptance.mean().item()
                 if SAMPLERS[cfg.sampler].adjusted:
@@ -337,7 +337,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                                message=f"non-finite or exploding loss at iteration {it}: rolled back to iteration "
                                        f"{good.iteration}, lr halved")
                 continue
-            if log_q is None and gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data
+            if not likelihood and gap > cfg.max_energy_gap:  # the chains lost the modes: put them back at the data
                 buffer.positions.copy_(codes[torch.randint(len(codes), (len(buffer.positions),), generator=gen)])
                 yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start,
                                message=f"negatives {gap:.2f} nats above the data at iteration {it}: "
@@ -357,11 +357,11 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
             if it % 10 == 0 or it == cfg.ebm_iterations:
                 decoded = None
                 if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
-                    shown = slice(16) if log_q is None else torch.multinomial(weights, 16, generator=gen)
+                    shown = slice(16) if not likelihood else torch.multinomial(weights, 16, generator=gen)
                     decoded = model.decode(negatives[shown])
                 losses = {"cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
                           "energy_negatives": e_pos.mean().item() - cd_loss.item()}
-                losses |= ({"acceptance": acceptance, "step_size": step_size} if log_q is None
+                losses |= ({"acceptance": acceptance, "step_size": step_size} if not likelihood
                            else {"proposal_ess": 1 / weights.square().sum().item() / len(weights)})
                 yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, losses,
                                negatives=decoded)

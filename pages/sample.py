@@ -41,7 +41,7 @@ def use_sampler_step_size() -> None:
 loaded = widgets.model_picker()
 url_messages = widgets.url_to_state(PARAMS, "sample")
 
-st.title("Sample digits")
+st.title("Sample digits" if loaded.dataset == "mnist" else "Sample clothes")  # the two shipped datasets
 widgets.show_url_messages(url_messages)
 data_codes = None
 if st.session_state.get("s_start") == "data":  # before the widgets: without the data, the page (and URL) say noise

@@ -16,7 +16,18 @@ from __future__ import annotations
 
 import pytest
 
-from test_browser import MAIN, SHOTS, assert_no_exception, browser, main, server, settle, shot, wait_until  # noqa: F401 (fixtures)
+from test_browser import (  # noqa: F401 (fixtures)
+    MAIN,
+    SHOTS,
+    assert_no_exception,
+    browser,
+    main,
+    server,
+    settle,
+    shot,
+    sidebar,
+    wait_until,
+)
 
 LIVE_REQUEST = "sample?chains=1024&K=1950"  # the cap: about 2 s of chains on one core, a frame every 0.3 s
 ATTEMPTS = 3  # a run that ends before its second frame (a fast machine) is tried again with another seed
@@ -134,6 +145,8 @@ def test_the_shipped_fashion_mnist_model_samples_clothes(view_page, server):
     page.goto(f"{server['url']}/sample?model=shipped-fashion-mnist&chains=64&K=500&seed={page.seed}")
     main(page).get_by_text("64 samples after step 500").wait_for()
     settle(page)
-    assert page.locator('[data-testid="stSidebar"]').get_by_text("Shipped (Fashion-MNIST, 4-D)").count() == 1
+    picker = sidebar(page).locator('[data-testid="stSelectbox"]').filter(has_text="Model").locator("input")
+    assert picker.input_value() == "Shipped (Fashion-MNIST, 4-D)"
+    assert main(page).get_by_role("heading", name="Sample clothes", level=1).count() == 1
     shot(page, f"sample_fashion{page.suffix}")
     assert_no_exception(page, "fashion-mnist samples")
