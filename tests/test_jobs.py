@@ -20,8 +20,9 @@ from ebm.training import DivergenceError, TrainConfig, build_model, train
 
 from conftest import disk_full_under, full_disk, running_job, synthetic_data_loader
 
-TINY = dict(ae_architecture="mlp", ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2, ebm_iterations=30,
-            ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10, ebm_likelihood_iterations=10)
+TINY = dict(ae_architecture="mlp", ae_epochs=1, ae_hidden_dim=16, ae_batch_size=64, ebm_hidden_dim=8, ebm_layers=2,
+            ebm_iterations=30, ebm_batch_size=32, buffer_size=64, mcmc_steps=3, negatives_every=10,
+            ebm_likelihood_iterations=10)
 
 
 def tiny(**overrides) -> TrainConfig:
