@@ -82,7 +82,8 @@ def config_fields() -> TrainConfig:
             values["ae_architecture"] = choice_field("ae_architecture")
             values.update(stage_fields(STAGE1, 4))
         with st.container(key="stage_2"):
-            st.markdown("**Stage 2 · energy net** (persistent contrastive divergence, then the exact likelihood)")
+            st.markdown("**Stage 2 · energy net** (persistent contrastive divergence; "
+                        "optionally the exact likelihood for the last iterations)")
             values.update(stage_fields(STAGE2, 4))
             values["sampler"] = choice_field("sampler")
     known = {f.name for f in fields(TrainConfig)}
