@@ -357,10 +357,13 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
             if it % 10 == 0 or it == cfg.ebm_iterations:
                 decoded = None
                 if cfg.negatives_every and (it % cfg.negatives_every == 0 or it == cfg.ebm_iterations):
-                    shown = slice(16) if not likelihood else torch.multinomial(weights, 16, generator=gen)
+                    # a generator of its own: what is shown must not change the training's random numbers
+                    shown = (slice(16) if not likelihood
+                             else torch.multinomial(weights, 16, generator=torch.Generator().manual_seed(it)))
                     decoded = model.decode(negatives[shown])
-                losses = {"cd_loss": cd_loss.item(), "energy_data": e_pos.mean().item(),
-                          "energy_negatives": e_pos.mean().item() - cd_loss.item()}
+                energy_data = e_pos.mean().item()
+                losses = {"cd_loss": cd_loss.item(), "energy_data": energy_data,
+                          "energy_negatives": energy_data - cd_loss.item()}
                 losses |= ({"acceptance": acceptance, "step_size": step_size} if not likelihood
                            else {"proposal_ess": 1 / weights.square().sum().item() / len(weights)})
                 yield Progress("energy", it, cfg.ebm_iterations, 0, time.perf_counter() - start, losses,
