@@ -1,14 +1,16 @@
-"""Training throughput alone and next to a busy process, for one torch thread and for all cores.
+"""Training throughput alone and next to a busy process, for three ways of using the cores.
 
-`python -m ebm train` runs torch on one thread (`ebm.threads`; $EBM_TORCH_THREADS overrides). This
-measures why, in one run: stage 1 (autoencoder batches/s) and stage 2 (contrastive-divergence
-iterations/s) of the default config, each in a fresh child process as the CLI sets it up, with
-EBM_TORCH_THREADS=1 and =<all cores>, first alone, then next to busy processes
-(`python -c "while True: pass"`, bounded). A fair share next to one busy process is >= 0.5x alone.
+`python -m ebm train` runs torch on one thread (`ebm.threads`; $EBM_TORCH_THREADS overrides) and uses
+the other cores at a coarser grain: stage 1's batch shards and stage 2's chains, one group per core
+(`chain_threads()`). This measures, in one run, stage 1 (autoencoder batches/s) and stage 2
+(contrastive-divergence iterations/s) of the default config, each in a fresh child process as the CLI
+sets it up, for: everything on one core; the default (one torch thread, shards and chains on every
+core); torch's own threads on every core with the work unsplit. Each first alone, then next to busy
+processes (`python -c "while True: pass"`, bounded). A fair share next to one busy process is >= 0.5x alone.
 
 Data: MNIST from $EBM_DATA_DIR / data/ when present, else random binary images (the speed is the same).
 Run: python -m benchmarks.training [--hogs 1] [--batches 150] [--iterations 150]
-The last line is `busy_ratio_stage1=<r> busy_ratio_stage2=<r>` for the one-thread setting.
+The last line is `busy_ratio_stage1=<r> busy_ratio_stage2=<r>` for the default.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from benchmarks.machine import busy_processes, cpu_model  # noqa: E402
 
 CHILD = r"""
 import json, sys, time, torch
-from ebm.threads import limit_native_threads
+from ebm.threads import limit_native_threads, set_chain_threads
 from ebm.training import TrainConfig, build_model, train_autoencoder, train_energy
 from ebm.data import DatasetError, load_binarized
 limit_native_threads()  # what `python -m ebm train` does first
 batches, iterations = int(sys.argv[1]), int(sys.argv[2])
+set_chain_threads(int(sys.argv[3]))
 cfg = TrainConfig(ae_epochs=1)
 try:
     images, _ = load_binarized("mnist", "train", None, cfg.threshold)
@@ -53,9 +56,10 @@ print(json.dumps({"threads": torch.get_num_threads(), "stage1": stage1, "stage2"
 """
 
 
-def measure(torch_threads: int, batches: int, iterations: int) -> dict:
+def measure(torch_threads: int, chain_threads: int, batches: int, iterations: int) -> dict:
     env = dict(os.environ, EBM_TORCH_THREADS=str(torch_threads), PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(batches), str(iterations)], env=env, cwd=REPO,
+    out = subprocess.run([sys.executable, "-c", CHILD, str(batches), str(iterations), str(chain_threads)],
+                         env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=1800, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -70,26 +74,26 @@ def main() -> None:
 
     cores = usable_cores()
     print(f"CPU: {cpu_model()}, {cores} usable cores; default TrainConfig; {args.hogs} busy process(es)")
+    settings = {"one core": (1, 1), "default: 1 torch thread, work split over the cores": (1, cores),
+                f"torch's own {cores} threads, work unsplit": (cores, 1)}
     rows = {}
-    for threads in sorted({1, cores}):
-        alone = measure(threads, args.batches, args.iterations)
+    for name, (torch_threads, chain_threads) in settings.items():
+        alone = measure(torch_threads, chain_threads, args.batches, args.iterations)
         with busy_processes(args.hogs):
-            busy = measure(threads, args.batches, args.iterations)
-        rows[threads] = (alone, busy)
-    print(
-        f"{'torch threads':>13} {'stage 1 alone':>14} {'busy':>8} {'ratio':>6} {'stage 2 alone':>14} "
-        f"{'busy':>8} {'ratio':>6}"
-    )
-    for threads, (alone, busy) in rows.items():
+            busy = measure(torch_threads, chain_threads, args.batches, args.iterations)
+        rows[name] = (alone, busy)
+    width = max(map(len, rows))
+    print(f"{'setting':<{width}} {'stage 1 alone':>14} {'busy':>8} {'ratio':>6} {'stage 2 alone':>14} "
+          f"{'busy':>8} {'ratio':>6}")
+    for name, (alone, busy) in rows.items():
         r1, r2 = busy["stage1"] / alone["stage1"], busy["stage2"] / alone["stage2"]
-        print(f"{threads:>13} {alone['stage1']:>11.1f}/s {busy['stage1']:>6.1f}/s {r1:>6.2f} "
+        print(f"{name:<{width}} {alone['stage1']:>11.1f}/s {busy['stage1']:>6.1f}/s {r1:>6.2f} "
               f"{alone['stage2']:>11.1f}/s {busy['stage2']:>6.1f}/s {r2:>6.2f}")
-    alone, busy = rows[1]
+    alone, busy = rows["default: 1 torch thread, work split over the cores"]
     print(
         f"busy_ratio_stage1={busy['stage1'] / alone['stage1']:.2f} "
         f"busy_ratio_stage2={busy['stage2'] / alone['stage2']:.2f}"
     )
-
 
 if __name__ == "__main__":
     main()

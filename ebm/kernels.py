@@ -9,24 +9,23 @@ tests check that the two agree and that the kernel's chains equal the generic on
 
 `FastEnergy` is the entry point: a snapshot of an `EnergyNet`'s weights that is called
 like `energy_and_grad` and that `ebm.samplers` recognises by its `langevin` and `hmc` methods.
-Chains are independent, so it splits them over as many cores as PyTorch uses (`OMP_NUM_THREADS`,
-`torch.set_num_threads`): the kernels release the GIL, and each core gets its own chains
-and its own pre-drawn noise, so the result does not depend on the number of threads.
+Chains are independent, so it splits them over `ebm.threads.chain_threads()` cores: the kernels
+release the GIL, and each core gets its own chains and its own pre-drawn noise, so the result
+does not depend on the number of threads.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 import scipy.linalg.cython_blas  # noqa: F401 -- the BLAS that np.dot calls here: loaded now so that it can be limited
 import torch
 
-from .threads import chain_threads, limit_blas_threads
+from .threads import chain_threads, limit_blas_threads, run_together
 
 TILE = 32  # chains advanced together; their activations (a few 10 KB) stay in L1/L2
 # Below this many chain-steps per core, handing work to another thread costs more than it saves.
@@ -268,25 +267,13 @@ def chain_slices(chains: int, steps: int, threads: int) -> list[slice]:
     return [slice(lo, hi) for lo, hi in itertools.pairwise(bounds)]
 
 
-def _new_pool() -> None:
-    global _helpers
-    # The threads start lazily, on the first task.
-    _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-chains")
-
-
 limit_blas_threads()  # one BLAS thread: the same floats under any load, and no pool spinning beside ours
-_new_pool()
-os.register_at_fork(after_in_child=_new_pool)  # a forked child has none of the parent's threads
 
 
 def _map_over_chains(work, chains: int, steps: int) -> None:
-    """work(first, stop) for each group of `chain_slices`: the calling thread takes the first
-    group, helper threads the others, all at once (`ebm.threads.chain_threads()` in all)."""
-    first, *others = chain_slices(chains, steps, chain_threads())
-    futures = [_helpers.submit(work, group.start, group.stop) for group in others]
-    work(first.start, first.stop)
-    for future in futures:
-        future.result()
+    """work(first, stop) for each group of `chain_slices`, all at once (`ebm.threads.run_together`)."""
+    run_together([functools.partial(work, group.start, group.stop)
+                  for group in chain_slices(chains, steps, chain_threads())])
 
 
 class FastEnergy:

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from threadpoolctl import threadpool_limits
@@ -87,7 +90,9 @@ def sync_torch_threads() -> int:
 
     `torch.set_num_threads` also sets OpenMP's thread limit, but OpenMP keeps that per thread:
     a thread started later (a web server's script thread, a worker) gets OpenMP's default of
-    every core. Cheap and idempotent: call it at the start of work in any thread.
+    every core. Cheap and idempotent: call it at the start of work in any new thread. A thread
+    that already ran torch ops reads back its own count (`torch.get_num_threads` is OpenMP's, per
+    thread), so work handed to `run_together`'s long-lived helpers calls `limit_torch_threads`.
     """
     n = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -98,7 +103,8 @@ _chain_threads: int | None = None
 
 
 def chain_threads() -> int:
-    """Threads that one compiled sampling call splits its chains over (default: `usable_cores()`)."""
+    """Threads that one call splits its work over: a compiled sampling call its chains, a stage-1 step its
+    batch's shards (default: `usable_cores()`)."""
     return _chain_threads or usable_cores()
 
 
@@ -108,3 +114,26 @@ def set_chain_threads(n: int | None) -> None:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"chain threads must be an integer >= 1 or None, got {n!r}")
     _chain_threads = n
+
+
+T = TypeVar("T")
+_helpers: ThreadPoolExecutor
+
+
+def _new_pool() -> None:
+    global _helpers
+    # The threads start lazily, on the first task.
+    _helpers = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="ebm-helpers")
+
+
+_new_pool()
+os.register_at_fork(after_in_child=_new_pool)  # a forked child has none of the parent's threads
+
+
+def run_together(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """The tasks' results, in order, computed at once: the calling thread runs the first, helper threads
+    the others. Worth it for tasks that release the GIL (compiled kernels, torch ops)."""
+    first, *others = tasks
+    futures = [_helpers.submit(task) for task in others]
+    results = [first()]
+    return results + [future.result() for future in futures]

@@ -10,6 +10,7 @@ dropping the half-done iteration (a last event without losses says where it stop
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from .models import (
     LatentEBM,
 )
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
+from .threads import chain_threads, limit_torch_threads, run_together
 from .validation import Settings, setting, validate_fields
 
 
@@ -160,15 +162,41 @@ def never_stop() -> bool:
     return False
 
 
-def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig,
-                     noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Binary cross-entropy per image (nats) plus the code penalty; returns (total, bce)."""
+AE_SHARDS = 2  # a stage-1 batch's gradient is the sum of this many shards', each on its own core when there are two
+
+
+def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, code_noise: torch.Tensor | None = None,
+                     batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary cross-entropy (nats) plus the code penalty, summed over `images` and divided by `batch_size`
+    (default: their number), so that a batch's shards add up to its loss; returns (total, bce).
+    `code_noise`: standard normal draws shaped like the codes, added times `cfg.ae_latent_noise`."""
     codes = model.encode(images)
-    noisy = codes + cfg.ae_latent_noise * torch.randn_like(codes) if noise else codes
+    noisy = codes if code_noise is None else codes + cfg.ae_latent_noise * code_noise.to(codes.device)
     logits = model.decode_logits(noisy)
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, images, reduction="sum") / len(images)
-    penalty = cfg.ae_code_penalty * 0.5 * codes.square().sum(-1).mean()
+    n = batch_size or len(images)
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, images, reduction="sum") / n
+    penalty = cfg.ae_code_penalty * 0.5 * codes.square().sum() / n
     return bce + penalty, bce
+
+
+def autoencoder_gradients(model: Autoencoder, batch: torch.Tensor, code_noise: torch.Tensor,
+                          cfg: TrainConfig) -> tuple[list[torch.Tensor], float]:
+    """The batch's loss gradient and BCE, as the sum over AE_SHARDS shards added in a fixed order: the
+    shards run on `chain_threads()` cores at once, and the floats are the same on any number of them
+    (torch's own threads would change the conv's sums with their number)."""
+    params = list(model.parameters())
+
+    def shard(images: torch.Tensor, noise: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], float]:
+        limit_torch_threads()  # each shard on torch_threads(): a pool thread keeps whatever count it had
+        loss, bce = autoencoder_loss(model, images, cfg, noise, len(batch))
+        return torch.autograd.grad(loss, params), bce.item()
+
+    tasks = [functools.partial(shard, images, noise)
+             for images, noise in zip(batch.tensor_split(AE_SHARDS), code_noise.tensor_split(AE_SHARDS))
+             if len(images)]
+    results = run_together(tasks) if chain_threads() > 1 else [task() for task in tasks]
+    grads = [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*(g for g, _ in results))]
+    return grads, sum(bce for _, bce in results)
 
 
 def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig,
@@ -191,20 +219,21 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
                 yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start)
                 return
             batch = train_images[order[b * cfg.ae_batch_size : (b + 1) * cfg.ae_batch_size]].to(cfg.device)
-            loss, bce = autoencoder_loss(model, batch, cfg, noise=True)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            code_noise = torch.randn(len(batch), cfg.latent_dim, generator=gen)
+            grads, bce = autoencoder_gradients(model, batch, code_noise, cfg)
+            for param, grad in zip(model.parameters(), grads):
+                param.grad = grad
             opt.step()
             sched.step()
             step += 1
-            smoothed = bce.item() if smoothed is None else 0.95 * smoothed + 0.05 * bce.item()
+            smoothed = bce if smoothed is None else 0.95 * smoothed + 0.05 * bce
             if step % report_every == 0 and b != batches_per_epoch - 1:
                 yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
                                {"train_bce": smoothed})
         model.eval()
         with torch.no_grad():
             test_bce = sum(
-                autoencoder_loss(model, chunk.to(cfg.device), cfg, noise=False)[1].item() * len(chunk)
+                autoencoder_loss(model, chunk.to(cfg.device), cfg)[1].item() * len(chunk)
                 for chunk in test_images.split(2048)
             ) / len(test_images)
         yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,

@@ -19,7 +19,18 @@ from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_
 from ebm.cli import main
 from ebm.generate import SampleSettings, decode_binary, sample_chains
 from ebm.models import Autoencoder, AutoencoderConfig
-from ebm.training import DivergenceError, Progress, TrainConfig, build_model, train, train_autoencoder, train_energy
+from ebm.threads import run_together, set_chain_threads
+from ebm.training import (
+    DivergenceError,
+    Progress,
+    TrainConfig,
+    autoencoder_gradients,
+    autoencoder_loss,
+    build_model,
+    train,
+    train_autoencoder,
+    train_energy,
+)
 
 from conftest import TINY_CONFIG, disk_full_under, full_disk
 
@@ -476,3 +487,34 @@ def test_a_conv_autoencoder_trains_saves_and_loads_bit_identically(tmp_path):
     assert torch.equal(loaded.decode(codes), model.decode(codes))
     old = AutoencoderConfig(**{"hidden_dim": 8, "latent_dim": 4})
     assert old.architecture == "mlp" and isinstance(Autoencoder(old).encoder[0], torch.nn.Linear)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_stage_one_is_the_same_on_one_core_or_two_and_its_shards_add_up_to_the_batch(architecture):
+    """Stage 1 splits each batch's gradient into AE_SHARDS shards, one per core: the trained weights are the
+    same floats on one thread or two, and the shards' sum is the whole batch's gradient. The helper threads
+    first ran torch on two threads, as they do after a process changes its count: they must not keep it."""
+    cfg = TrainConfig(**TINY_CONFIG | {"ae_architecture": architecture, "ae_conv_channels": 4, "ae_hidden_dim": 16,
+                                       "ae_epochs": 2, "ae_batch_size": 25})
+    images = (torch.rand(64, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    weights, before = [], torch.get_num_threads()
+    torch.set_num_threads(2)
+    run_together([lambda: None] + [lambda: torch.ones(256, 256) @ torch.ones(256, 256)] * 2)
+    torch.set_num_threads(1)
+    try:
+        for threads in (1, 2):
+            set_chain_threads(threads)
+            model = build_model(cfg)
+            list(train_autoencoder(model.autoencoder, images, images[:16], cfg))
+            weights.append(torch.cat([p.detach().flatten() for p in model.autoencoder.parameters()]))
+    finally:
+        set_chain_threads(None)
+        torch.set_num_threads(before)
+    assert torch.equal(weights[0], weights[1])
+    noise = torch.randn(len(images), cfg.latent_dim, generator=torch.Generator().manual_seed(1))
+    sharded, bce = autoencoder_gradients(model.autoencoder, images, noise, cfg)
+    loss, whole_bce = autoencoder_loss(model.autoencoder, images, cfg, noise)
+    whole = torch.autograd.grad(loss, list(model.autoencoder.parameters()))
+    assert bce == pytest.approx(whole_bce.item(), rel=1e-5)
+    for a, b in zip(sharded, whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
