@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ class TrainConfig(Settings):
     ebm_layers: int = setting(3, low=1, high=MAX_LAYERS, ui_high=8, label="Hidden layers")
     ebm_tilt_sigma: float = setting(3.0, low=0.0, low_open=True, ui_low=0.1, ui_high=100.0, label="Tilt σ",
                                     help="E gets |z|²/2σ² added, so that e^−E is integrable")
-    ebm_iterations: int = setting(16000, low=1, ui_low=10, ui_high=100_000, step=10, label="Iterations",
+    ebm_iterations: int = setting(19000, low=1, ui_low=10, ui_high=100_000, step=10, label="Iterations",
                                   help="Contrastive-divergence updates of the energy net")
     ebm_batch_size: int = setting(512, low=1, ui_low=8, ui_high=4096, step=8, label="Batch size",
                                   help="Data codes and negatives per update")
@@ -91,7 +92,7 @@ class TrainConfig(Settings):
     ebm_code_noise: float = setting(0.03, low=0.0, label="Data-code noise",
                                     help="Std of noise added to the data codes (standardized units) in stage 2's "
                                          "chain iterations")
-    ebm_likelihood_iterations: int = setting(0, low=0, ui_high=100_000, step=10, label="Likelihood iterations",
+    ebm_likelihood_iterations: int = setting(3000, low=0, ui_high=100_000, step=10, label="Likelihood iterations",
                                              help="The last N iterations (all, if fewer) take the negatives from "
                                                   "importance sampling instead of Langevin chains: the exact "
                                                   "likelihood gradient, which a 4-D latent allows")
@@ -102,7 +103,7 @@ class TrainConfig(Settings):
                                    label="Likelihood learning rate",
                                    help="Peak rate of the likelihood iterations (a fresh Adam, cosine to 0)")
     sampler: str = setting("mala", choices=tuple(SAMPLERS), label="Negatives sampler")
-    mcmc_steps: int = setting(20, low=1, ui_high=500, label="Langevin steps per update", help="K for the negatives")
+    mcmc_steps: int = setting(15, low=1, ui_high=500, label="Langevin steps per update", help="K for the negatives")
     mcmc_step_size: float = setting(0.2, low=0.0, low_open=True, ui_low=1e-3, ui_high=5.0, label="Initial step size ε",
                                     help="A Metropolis-adjusted sampler adapts it toward the target acceptance")
     target_acceptance: float = setting(DEFAULT_TARGET_ACCEPTANCE, low=0.0, high=1.0, low_open=True, high_open=True,
@@ -162,7 +163,32 @@ def never_stop() -> bool:
     return False
 
 
-AE_SHARDS = 2  # a stage-1 batch's gradient is the sum of this many shards', each on its own core when there are two
+T = TypeVar("T")
+GRADIENT_SHARDS = 2  # a batch's gradient is the sum of this many row shards', each on its own core when there are two
+
+
+def run_shards(tasks: list[Callable[[], T]]) -> list[T]:
+    """The tasks' results in order: at once on `chain_threads()` cores, or one after the other on one."""
+
+    def on_torch_threads(task: Callable[[], T]) -> T:
+        limit_torch_threads()  # each on torch_threads(): a pool thread keeps whatever count it had
+        return task()
+
+    tasks = [functools.partial(on_torch_threads, task) for task in tasks]
+    return run_together(tasks) if chain_threads() > 1 else [task() for task in tasks]
+
+
+def in_shards(work: Callable[..., T], *tensors: torch.Tensor) -> list[T]:
+    """work(*rows) on each of GRADIENT_SHARDS row shards of the tensors, in order (`run_shards`). The
+    shards, and so the floats, are the same on any number of cores (torch's own threads would change
+    a conv's sums with their number)."""
+    parts = [[t.tensor_split(GRADIENT_SHARDS)[i] for t in tensors] for i in range(GRADIENT_SHARDS)]
+    return run_shards([functools.partial(work, *rows) for rows in parts if all(len(r) for r in rows)])
+
+
+def summed(gradients: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """The shards' gradients added parameter by parameter, in shard order."""
+    return [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*gradients)]
 
 
 def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, code_noise: torch.Tensor | None = None,
@@ -181,22 +207,15 @@ def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig,
 
 def autoencoder_gradients(model: Autoencoder, batch: torch.Tensor, code_noise: torch.Tensor,
                           cfg: TrainConfig) -> tuple[list[torch.Tensor], float]:
-    """The batch's loss gradient and BCE, as the sum over AE_SHARDS shards added in a fixed order: the
-    shards run on `chain_threads()` cores at once, and the floats are the same on any number of them
-    (torch's own threads would change the conv's sums with their number)."""
+    """The batch's loss gradient and BCE, summed over its shards (`in_shards`)."""
     params = list(model.parameters())
 
     def shard(images: torch.Tensor, noise: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], float]:
-        limit_torch_threads()  # each shard on torch_threads(): a pool thread keeps whatever count it had
         loss, bce = autoencoder_loss(model, images, cfg, noise, len(batch))
         return torch.autograd.grad(loss, params), bce.item()
 
-    tasks = [functools.partial(shard, images, noise)
-             for images, noise in zip(batch.tensor_split(AE_SHARDS), code_noise.tensor_split(AE_SHARDS))
-             if len(images)]
-    results = run_together(tasks) if chain_threads() > 1 else [task() for task in tasks]
-    grads = [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*(g for g, _ in results))]
-    return grads, sum(bce for _, bce in results)
+    results = in_shards(shard, batch, code_noise)
+    return summed([g for g, _ in results]), sum(bce for _, bce in results)
 
 
 def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig,
@@ -231,20 +250,29 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
                 yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
                                {"train_bce": smoothed})
         model.eval()
-        with torch.no_grad():
-            test_bce = sum(
-                autoencoder_loss(model, chunk.to(cfg.device), cfg)[1].item() * len(chunk)
-                for chunk in test_images.split(2048)
-            ) / len(test_images)
+        test_bce = sum(bce for chunk in test_images.split(2048)
+                       for bce in in_shards(functools.partial(summed_bce, model, cfg), chunk)) / len(test_images)
         yield Progress("autoencoder", step, total, epoch, time.perf_counter() - start,
                        {"train_bce": smoothed, "test_bce": test_bce})
 
 
+@torch.no_grad()  # grad mode is per thread: the shards' helpers need it said again
+def summed_bce(model: Autoencoder, cfg: TrainConfig, images: torch.Tensor) -> float:
+    """The reconstruction BCE of images, summed over them (nats)."""
+    return autoencoder_loss(model, images.to(cfg.device), cfg, batch_size=1)[1].item()
+
+
 @torch.no_grad()
+def encode_rows(model: Autoencoder, device: str, images: torch.Tensor) -> torch.Tensor:
+    """Raw latent codes of a few images."""
+    return model.encode(images.to(device)).cpu()
+
+
 def encode_all(model: Autoencoder, images: torch.Tensor, device: str = "cpu") -> torch.Tensor:
-    """Raw latent codes of many images, in chunks."""
+    """Raw latent codes of many images, in chunks, each in shards (`in_shards`)."""
     model.eval()
-    return torch.cat([model.encode(chunk.to(device)).cpu() for chunk in images.split(4096)])
+    return torch.cat([codes for chunk in images.split(4096)
+                      for codes in in_shards(functools.partial(encode_rows, model, device), chunk)])
 
 
 @dataclass
@@ -341,14 +369,14 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                     step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
 
             energy.train()
-            e_pos, e_neg = energy(data), energy(negatives)
+            graphs = in_shards(lambda d, n: (energy(d), energy(n)), data, negatives)  # E with autograd, by shard
+            e_pos, e_neg = (torch.cat([pair[k].detach() for pair in graphs]) for k in (0, 1))
             if likelihood:  # E_model by self-normalized importance weights, exp(-E) / q
-                weights = torch.softmax(-e_neg.detach() - log_q, 0)
-                cd_loss = e_pos.mean() - weights @ e_neg
-                loss = cd_loss
+                weights, reg = torch.softmax(-e_neg - log_q, 0), 0.0
             else:  # E_model by the chains' plain means
-                cd_loss = e_pos.mean() - e_neg.mean()
-                loss = cd_loss + cfg.energy_reg * (e_pos.square().mean() + e_neg.square().mean())
+                weights, reg = torch.full_like(e_neg, 1 / len(e_neg)), cfg.energy_reg
+            cd_loss = e_pos.mean() - weights @ e_neg
+            loss = cd_loss + reg * (e_pos.square().mean() + e_neg.square().mean())
             gap += GAP_SMOOTHING * (-cd_loss.item() - gap)
             if not torch.isfinite(loss) or e_pos.abs().max() > 1e4:
                 rollbacks += 1
@@ -373,8 +401,8 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                                        "chains restarted from the data codes")
                 gap = 0.0
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for param, grad in zip(energy.parameters(), energy_gradients(energy, graphs, weights, reg)):
+                param.grad = grad
             nn.utils.clip_grad_norm_(energy.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
@@ -401,6 +429,22 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
         if average is not None:
             energy.load_state_dict(average.module.state_dict())
         energy.eval()
+
+
+def energy_gradients(energy: EnergyNet, graphs: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
+                     reg: float) -> list[torch.Tensor]:
+    """The gradient of mean E(data) - weights · E(negatives) + reg · (mean E(data)² + mean E(negatives)²),
+    from each shard's (E(data), E(negatives)) with its autograd graph, the shards' backward passes at once."""
+    params = list(energy.parameters())
+    n_pos, n_neg = sum(len(p) for p, _ in graphs), len(weights)
+
+    def backward(e_pos: torch.Tensor, e_neg: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        loss = e_pos.sum() / n_pos - w @ e_neg + reg * (e_pos.square().sum() / n_pos + e_neg.square().sum() / n_neg)
+        return torch.autograd.grad(loss, params)
+
+    shard_weights = weights.tensor_split(GRADIENT_SHARDS)  # the same bounds as the negatives' shards
+    return summed(run_shards([functools.partial(backward, e_pos, e_neg, w)
+                              for (e_pos, e_neg), w in zip(graphs, shard_weights)]))
 
 
 LIKELIHOOD_POOL = 262_144  # proposal draws made once for the likelihood iterations (a few seconds)

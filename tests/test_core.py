@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
-from ebm import checkpoint, cli
+from ebm import checkpoint, cli, training
 from ebm.checkpoint import WeightsError, load_model, model_from_bytes, model_to_bytes, save_model
 from ebm.cli import main
 from ebm.generate import SampleSettings, decode_binary, sample_chains
@@ -217,17 +217,20 @@ def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
 def lift_negatives(monkeypatch, model, iterations: range, by: float = 3.0) -> None:
     """Make E(negatives) read `by` nats above its value during `iterations`: what lost chains look like.
 
-    Stage 2 calls the net's forward twice per iteration (data, then negatives); the sampler
-    uses a compiled snapshot of the net (`EnergyNet.sampling_energy`), so the chains themselves are untouched.
+    Stage 2 calls the net's forward twice per shard and iteration (data, then negatives), the shards one
+    after the other on one core; the sampler uses a compiled snapshot of the net (`EnergyNet.sampling_energy`),
+    so the chains themselves are untouched.
     """
     calls = {"n": 0}
     real_forward = type(model.energy).forward
+    per_iteration = 2 * training.GRADIENT_SHARDS
 
     def lifted(self, z):
         calls["n"] += 1
-        iteration, is_negatives = (calls["n"] + 1) // 2, calls["n"] % 2 == 0
+        iteration, is_negatives = (calls["n"] - 1) // per_iteration + 1, calls["n"] % 2 == 0
         return real_forward(self, z) + (by if is_negatives and iteration in iterations else 0.0)
 
+    monkeypatch.setattr(training, "chain_threads", lambda: 1)
     monkeypatch.setattr(type(model.energy), "forward", lifted)
 
 
@@ -518,3 +521,29 @@ def test_stage_one_is_the_same_on_one_core_or_two_and_its_shards_add_up_to_the_b
     assert bce == pytest.approx(whole_bce.item(), rel=1e-5)
     for a, b in zip(sharded, whole):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_stage_two_is_the_same_on_one_core_or_two_and_its_shards_add_up_to_the_batch():
+    """Stage 2's energies and backward passes run in GRADIENT_SHARDS shards, chain and likelihood iterations
+    alike: the same floats on one thread or two, and the shards' gradient is the whole batch's."""
+    cfg = TrainConfig(**TINY_CONFIG | {"ebm_iterations": 30, "ebm_likelihood_iterations": 10, "ebm_batch_size": 33})
+    codes = torch.randn(200, 4, generator=torch.Generator().manual_seed(0))
+    weights = []
+    try:
+        for threads in (1, 2):
+            set_chain_threads(threads)
+            model = build_model(cfg)
+            list(train_energy(model, codes, cfg))
+            weights.append(torch.cat([p.detach().flatten() for p in model.energy.parameters()]))
+    finally:
+        set_chain_threads(None)
+    assert torch.equal(weights[0], weights[1])
+    data, negatives = codes[:33], codes[33:99]
+    w = torch.softmax(torch.randn(66, generator=torch.Generator().manual_seed(1)), 0)
+    graphs = training.in_shards(lambda d, n: (model.energy(d), model.energy(n)), data, negatives)
+    sharded = training.energy_gradients(model.energy, graphs, w, 0.1)
+    e_pos, e_neg = model.energy(data), model.energy(negatives)
+    whole = torch.autograd.grad(e_pos.mean() - w @ e_neg + 0.1 * (e_pos.square().mean() + e_neg.square().mean()),
+                                list(model.energy.parameters()))
+    for a, b in zip(sharded, whole):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
