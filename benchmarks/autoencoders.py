@@ -2,10 +2,10 @@
 reconstructions (FID, IS, rarest class's share, precision, recall with `ebm.classifier`), the bound a latent
 EBM's samples cannot beat.
 
-Each candidate is a stage-1 TrainConfig trained by the real `ebm.training.train_autoencoder` on MNIST, on one
-torch thread; the candidates advance one epoch each in turn, so that load from other processes falls on all
-of them alike. The code noise comes from torch's global generator, which the candidates share in turn, so a
-candidate's figures depend on which candidates run beside it (the same command gives the same figures).
+Each candidate is a stage-1 TrainConfig trained by the real `ebm.training.train_autoencoder` on MNIST, one
+torch thread per batch shard and the shards on every core as in `python -m ebm train`; the candidates advance
+one epoch each in turn, so that load from other processes falls on all of them alike. Each draws its code
+noise from its own seeded generator, so its figures do not depend on which candidates run beside it.
 Reconstructions are thresholded at 0.5 like `ebm.generate.decode_binary`.
 
 Run: python -m benchmarks.autoencoders [--epochs 12] [--candidates mlp conv conv-noise0.05] [--grid out.png]
@@ -29,7 +29,7 @@ from ebm.data import load_binarized  # noqa: E402
 from ebm.images import image_grid, png_bytes  # noqa: E402
 from ebm.metrics import Reference, image_metrics  # noqa: E402
 from ebm.models import Autoencoder  # noqa: E402
-from ebm.threads import limit_native_threads  # noqa: E402
+from ebm.threads import chain_threads, limit_native_threads  # noqa: E402
 from ebm.training import TrainConfig, train_autoencoder  # noqa: E402
 
 MLP = dict(ae_architecture="mlp", ae_hidden_dim=512, ae_lr=1e-3)  # the default until issue 11
@@ -54,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     limit_native_threads()
     torch.set_num_threads(1)
-    print(f"CPU: {cpu_model()}; one torch thread; {args.epochs} epochs", flush=True)
+    print(f"CPU: {cpu_model()}; one torch thread per shard, shards on {chain_threads()} cores; {args.epochs} epochs",
+          flush=True)
     train, _ = load_binarized("mnist", "train", None)
     test, _ = load_binarized("mnist", "test", None)
     classifier, _ = load_classifier()

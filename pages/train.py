@@ -83,7 +83,7 @@ def config_fields() -> TrainConfig:
             values.update(stage_fields(STAGE1, 4))
         with st.container(key="stage_2"):
             st.markdown("**Stage 2 · energy net** (persistent contrastive divergence; "
-                        "optionally the exact likelihood for the last iterations)")
+                        "then the exact likelihood for the last iterations)")
             values.update(stage_fields(STAGE2, 4))
             values["sampler"] = choice_field("sampler")
     known = {f.name for f in fields(TrainConfig)}

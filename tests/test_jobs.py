@@ -263,7 +263,8 @@ def test_trainings_above_the_apps_budgets_are_refused_before_starting(tmp_path):
     with pytest.raises(TrainingTooCostly, match="lower the Langevin steps per update to at most 58"):
         jobs.start_training(served_net, tmp_path, data_loader=synthetic_data_loader())
     with pytest.raises(TrainingTooCostly, match="lower the iterations to at most"):
-        jobs.start_training(TrainConfig(ebm_iterations=100_000, mcmc_steps=40), tmp_path, data_loader=synthetic_data_loader())
+        jobs.start_training(TrainConfig(ebm_iterations=100_000, mcmc_steps=40), tmp_path,
+                            data_loader=synthetic_data_loader())
     assert jobs.latest_job() is before and runs.list_runs(tmp_path) == []
 
 
