@@ -195,7 +195,7 @@ class BirthSettings:
 
     num_chains: int = 16  # a 4 x 4 grid: each digit big enough to follow
     start_scale: float = 12.0  # starting codes ~ N(0, start_scale^2 I), far from the data (std 1): energy ~ 240
-    step_size: float = 0.15  # small MALA steps (~98% accepted): each frame differs a little from the last
+    step_size: float = 0.18  # small MALA steps (~97% accepted): each frame differs a little from the last
     num_steps: int = 300  # enough for the energy to fall to the data's level (~0)
     record_every: int = 3  # 101 frames, 8 s at 80 ms each
     seed: int = 3
