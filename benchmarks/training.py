@@ -55,6 +55,8 @@ stage2 = iterations / (time.perf_counter() - t0)
 print(json.dumps({"threads": torch.get_num_threads(), "stage1": stage1, "stage2": stage2}))
 """
 
+DEFAULT = "default: 1 torch thread, work split over the cores"  # the setting `python -m ebm train` uses
+
 
 def measure(torch_threads: int, chain_threads: int, batches: int, iterations: int) -> dict:
     env = dict(os.environ, EBM_TORCH_THREADS=str(torch_threads), PYTHONPATH=str(REPO))
@@ -74,7 +76,7 @@ def main() -> None:
 
     cores = usable_cores()
     print(f"CPU: {cpu_model()}, {cores} usable cores; default TrainConfig; {args.hogs} busy process(es)")
-    settings = {"one core": (1, 1), "default: 1 torch thread, work split over the cores": (1, cores),
+    settings = {"one core": (1, 1), DEFAULT: (1, cores),
                 f"torch's own {cores} threads, work unsplit": (cores, 1)}
     rows = {}
     for name, (torch_threads, chain_threads) in settings.items():
@@ -89,11 +91,12 @@ def main() -> None:
         r1, r2 = busy["stage1"] / alone["stage1"], busy["stage2"] / alone["stage2"]
         print(f"{name:<{width}} {alone['stage1']:>11.1f}/s {busy['stage1']:>6.1f}/s {r1:>6.2f} "
               f"{alone['stage2']:>11.1f}/s {busy['stage2']:>6.1f}/s {r2:>6.2f}")
-    alone, busy = rows["default: 1 torch thread, work split over the cores"]
+    alone, busy = rows[DEFAULT]
     print(
         f"busy_ratio_stage1={busy['stage1'] / alone['stage1']:.2f} "
         f"busy_ratio_stage2={busy['stage2'] / alone['stage2']:.2f}"
     )
+
 
 if __name__ == "__main__":
     main()

@@ -92,7 +92,7 @@ def sync_torch_threads() -> int:
     a thread started later (a web server's script thread, a worker) gets OpenMP's default of
     every core. Cheap and idempotent: call it at the start of work in any new thread. A thread
     that already ran torch ops reads back its own count (`torch.get_num_threads` is OpenMP's, per
-    thread), so work handed to `run_together`'s long-lived helpers calls `limit_torch_threads`.
+    thread), so torch work for `run_together`'s long-lived helpers goes through `run_shards`.
     """
     n = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -137,3 +137,16 @@ def run_together(tasks: Sequence[Callable[[], T]]) -> list[T]:
     futures = [_helpers.submit(task) for task in others]
     results = [first()]
     return results + [future.result() for future in futures]
+
+
+def run_shards(tasks: Sequence[Callable[[], T]]) -> list[T]:
+    """Torch work split in fixed parts: the results in order, at once on `chain_threads()` cores
+    (`run_together`), or one after the other on one. Each task first sets torch's thread count: a pool
+    thread keeps whatever count it had (see `sync_torch_threads`)."""
+
+    def on_torch_threads(task: Callable[[], T]) -> T:
+        limit_torch_threads()
+        return task()
+
+    tasks = [functools.partial(on_torch_threads, task) for task in tasks]
+    return run_together(tasks) if chain_threads() > 1 else [task() for task in tasks]

@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TypeVar
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ from .models import (
     LatentEBM,
 )
 from .samplers import DEFAULT_TARGET_ACCEPTANCE, SAMPLERS, ReplayBuffer, adapted_step_size, build_sampler, run_chains
-from .threads import chain_threads, limit_torch_threads, run_together
+from .threads import T, run_shards
 from .validation import Settings, setting, validate_fields
 
 
@@ -163,27 +162,15 @@ def never_stop() -> bool:
     return False
 
 
-T = TypeVar("T")
 GRADIENT_SHARDS = 2  # a batch's gradient is the sum of this many row shards', each on its own core when there are two
-
-
-def run_shards(tasks: list[Callable[[], T]]) -> list[T]:
-    """The tasks' results in order: at once on `chain_threads()` cores, or one after the other on one."""
-
-    def on_torch_threads(task: Callable[[], T]) -> T:
-        limit_torch_threads()  # each on torch_threads(): a pool thread keeps whatever count it had
-        return task()
-
-    tasks = [functools.partial(on_torch_threads, task) for task in tasks]
-    return run_together(tasks) if chain_threads() > 1 else [task() for task in tasks]
 
 
 def in_shards(work: Callable[..., T], *tensors: torch.Tensor) -> list[T]:
     """work(*rows) on each of GRADIENT_SHARDS row shards of the tensors, in order (`run_shards`). The
     shards, and so the floats, are the same on any number of cores (torch's own threads would change
     a conv's sums with their number)."""
-    parts = [[t.tensor_split(GRADIENT_SHARDS)[i] for t in tensors] for i in range(GRADIENT_SHARDS)]
-    return run_shards([functools.partial(work, *rows) for rows in parts if all(len(r) for r in rows)])
+    parts = zip(*(t.tensor_split(GRADIENT_SHARDS) for t in tensors))  # shard i: the i-th split of each tensor
+    return run_shards([functools.partial(work, *rows) for rows in parts if any(len(r) for r in rows)])
 
 
 def summed(gradients: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
