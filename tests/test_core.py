@@ -217,18 +217,18 @@ def test_nan_loss_rolls_back_instead_of_poisoning_the_model(monkeypatch):
 def lift_negatives(monkeypatch, model, iterations: range, by: float = 3.0) -> None:
     """Make E(negatives) read `by` nats above its value during `iterations`: what lost chains look like.
 
-    Stage 2 calls the net's forward twice per shard and iteration (data, then negatives), the shards one
-    after the other on one core; the sampler uses a compiled snapshot of the net (`EnergyNet.sampling_energy`),
-    so the chains themselves are untouched.
+    Stage 2 calls the net's forward once per shard and iteration, on the shard's data codes followed by as
+    many negatives (one negative per data code), the shards one after the other on one core; the sampler
+    uses a compiled snapshot of the net (`EnergyNet.sampling_energy`), so the chains themselves are untouched.
     """
     calls = {"n": 0}
     real_forward = type(model.energy).forward
-    per_iteration = 2 * training.GRADIENT_SHARDS
 
     def lifted(self, z):
         calls["n"] += 1
-        iteration, is_negatives = (calls["n"] - 1) // per_iteration + 1, calls["n"] % 2 == 0
-        return real_forward(self, z) + (by if is_negatives and iteration in iterations else 0.0)
+        iteration = (calls["n"] - 1) // training.GRADIENT_SHARDS + 1
+        is_negative = torch.arange(len(z)) >= len(z) // 2
+        return real_forward(self, z) + (by * is_negative if iteration in iterations else 0.0)
 
     monkeypatch.setattr("ebm.threads._chain_threads", 1)  # the shards in turn: forward calls in a known order
     monkeypatch.setattr(type(model.energy), "forward", lifted)
