@@ -61,7 +61,7 @@ class TrainConfig(Settings):
                                     help="Channels of the first convolution (the second has twice as many); conv only")
     latent_dim: int = setting(4, low=1, high=MAX_WIDTH, ui_low=2, ui_high=6, label="Latent dimensions",
                               help="4 keeps the log Z quadrature and the explorer fast")
-    ae_epochs: int = setting(12, low=0, ui_high=200, label="Epochs",
+    ae_epochs: int = setting(10, low=0, ui_high=200, label="Epochs",
                              help="Passes over the training set (0 skips stage 1: the decoder stays untrained)")
     ae_batch_size: int = setting(128, low=1, ui_low=8, ui_high=4096, step=8, label="Batch size")
     ae_lr: float = setting(2e-3, low=0.0, low_open=True, ui_low=1e-5, ui_high=1.0, label="Learning rate",

@@ -166,8 +166,8 @@ def test_the_grid_quadrature_stops_when_asked(tiny_model):
 
 
 # ---- training ------------------------------------------------------------------------------------
-# The default autoencoder before issue 11, and the stage 2 of then: 16,000 iterations of 20 Langevin steps.
-MLP = dict(ae_architecture="mlp", ae_hidden_dim=512, ae_lr=1e-3, ebm_iterations=16_000, mcmc_steps=20)
+# The default autoencoder before issue 11 (12 epochs), and the stage 2 of then: 16,000 iterations of 20 Langevin steps.
+MLP = dict(ae_architecture="mlp", ae_hidden_dim=512, ae_lr=1e-3, ae_epochs=12, ebm_iterations=16_000, mcmc_steps=20)
 
 
 def mlp_config(**settings) -> TrainConfig:
@@ -301,7 +301,7 @@ def test_autoencoder_macs_and_parameters_match_torch_counts(architecture, hidden
 
 def test_a_conv_autoencoder_costs_its_own_multiply_adds_in_training():
     """The app's training cap counts a conv autoencoder's epochs by the conv's cost, not the MLP's."""
-    mlp, conv = mlp_config(), TrainConfig(ae_architecture="conv", ae_hidden_dim=256, ae_conv_channels=32)
+    mlp, conv = mlp_config(), TrainConfig(ae_architecture="conv", ae_hidden_dim=256, ae_conv_channels=32, ae_epochs=12)
     ratio = stage_macs(conv)["autoencoder"] / stage_macs(mlp)["autoencoder"]
     per_image = autoencoder_forward_macs(conv.autoencoder_config()) / autoencoder_forward_macs(mlp.autoencoder_config())
     assert 3.5 < ratio <= per_image < 4  # 5.0 M vs 1.3 M multiply-adds an image; the update overhead is shared

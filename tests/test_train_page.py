@@ -132,10 +132,10 @@ def test_the_cost_of_the_settings_shows_next_to_start(monkeypatch):
     monkeypatch.setattr(calibration, "_paces", lambda mini_fields: paces)
     at = open_train_page()
     stages = stage_macs(TrainConfig())
-    assert round(stages["autoencoder"] / 1e10 + stages["energy"] / 2e10) == 833  # seconds
-    assert "About 14 min on this server" in [c.value for c in at.caption]
+    assert round(stages["autoencoder"] / 1e10 + stages["energy"] / 2e10) == 767  # seconds
+    assert "About 13 min on this server" in [c.value for c in at.caption]
     fill(at, t_ebm_iterations=100)
-    assert "About 7 min on this server" in [c.value for c in at.caption]  # stage 1's 397 s, now nearly all of it
+    assert "About 6 min on this server" in [c.value for c in at.caption]  # stage 1's 331 s, now nearly all of it
 
 
 def test_settings_too_short_to_give_digits_are_warned_about_before_start():
