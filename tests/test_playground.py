@@ -73,7 +73,7 @@ def test_compose_reports_what_the_classifier_reads(shipped):
     classes = ClassSettings(digits="3")
     view = compose_view(shipped, latent, load_classifier()[0], classes, seed=0)
     assert view.histogram.sum() == view.samples.num_chains == 64
-    assert view.share_in_allowed == view.histogram[3] / 64 and view.share_in_allowed >= 0.9
+    assert view.share_in_allowed == round(view.histogram[3] / 64, 4) >= 0.9  # reported to 4 places
 
 
 # ---- the page --------------------------------------------------------------------------------------
