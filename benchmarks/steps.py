@@ -4,7 +4,8 @@
   one `step()` on the default autoencoder's and energy net's parameters.
 - Stage 2's energies with autograd: data and negatives through the net in two passes, or concatenated in one
   (`train_energy`), forward and `energy_gradients`' backward, for a contrastive-divergence iteration
-  (512 negatives) and a likelihood iteration (4,096 proposals); both on the shards as in training.
+  (512 negatives) and a likelihood iteration (4,096 proposals); both on the shards as in training
+  (`ebm.training.data_and_negative_energies`).
 
 One torch thread, as `python -m ebm train` runs it. Run: python -m benchmarks.steps [--repeats 4]
 """
@@ -12,6 +13,7 @@ One torch thread, as `python -m ebm train` runs it. Run: python -m benchmarks.st
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.machine import cpu_model  # noqa: E402
 from ebm.models import Autoencoder, EnergyNet  # noqa: E402
 from ebm.threads import chain_threads, limit_native_threads  # noqa: E402
-from ebm.training import TrainConfig, energy_gradients, in_shards  # noqa: E402
+from ebm.training import TrainConfig, data_and_negative_energies, energy_gradients, in_shards  # noqa: E402
 
 ADAMS = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
@@ -48,10 +50,9 @@ def adam_step(net: torch.nn.Module, options: dict):
 def energy_pass(energy: EnergyNet, data: torch.Tensor, negatives: torch.Tensor, concatenated: bool):
     weights = torch.full((len(negatives),), 1 / len(negatives))
     if concatenated:
-        def forward(d, n):
-            return energy(torch.cat([d, n])).tensor_split([len(d)])
+        forward = functools.partial(data_and_negative_energies, energy)
     else:
-        def forward(d, n):
+        def forward(d, n):  # what train_energy did before
             return energy(d), energy(n)
     return lambda: energy_gradients(energy, in_shards(forward, data, negatives), weights, 0.01)
 

@@ -362,8 +362,7 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
                     step_size = adapted_step_size(step_size, acceptance, cfg.target_acceptance, rate=0.1)
 
             energy.train()
-            # E with autograd, by shard; data and negatives in one pass (half the ops of two, 4,096 proposals faster)
-            graphs = in_shards(lambda d, n: energy(torch.cat([d, n])).tensor_split([len(d)]), data, negatives)
+            graphs = in_shards(functools.partial(data_and_negative_energies, energy), data, negatives)
             e_pos, e_neg = (torch.cat([pair[k].detach() for pair in graphs]) for k in (0, 1))
             if likelihood:  # E_model by self-normalized importance weights, exp(-E) / q
                 weights, reg = torch.softmax(-e_neg - log_q, 0), 0.0
@@ -423,6 +422,13 @@ def train_energy(model: LatentEBM, codes: torch.Tensor, cfg: TrainConfig,
         if average is not None:
             energy.load_state_dict(average.module.state_dict())
         energy.eval()
+
+
+def data_and_negative_energies(energy: EnergyNet, data: torch.Tensor,
+                               negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E(data), E(negatives)) with autograd, in one pass of the net over both: half the ops of two passes
+    (`python -m benchmarks.steps`)."""
+    return energy(torch.cat([data, negatives])).tensor_split([len(data)])
 
 
 def energy_gradients(energy: EnergyNet, graphs: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor,
