@@ -103,8 +103,9 @@ def load_images(
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     raw_dir, shapes = _prepare_raw_dir(name, root, download)
     prefix = "train" if split == "train" else "t10k"
-    images, labels = (np.fromfile(raw_dir / file, np.uint8, offset=4 + 4 * len(shapes[file])).reshape(shapes[file])
-                      for file in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"))
+    images, labels = (
+        np.fromfile(raw_dir / file, np.uint8, offset=_idx_header_size(len(shapes[file]))).reshape(shapes[file])
+        for file in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"))
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
@@ -276,7 +277,7 @@ def _ensure_extracted(path: Path) -> tuple[int, ...] | None:
     ndim = 3 if "-images-" in path.name else 1
     if path.exists():
         with open(path, "rb") as f:
-            head = f.read(4 + 4 * ndim)
+            head = f.read(_idx_header_size(ndim))
         return _idx_shape(head, path.stat().st_size, ndim, path)
     gz_path = path.with_name(path.name + ".gz")
     if not gz_path.exists():
@@ -285,14 +286,19 @@ def _ensure_extracted(path: Path) -> tuple[int, ...] | None:
         data = gzip.decompress(gz_path.read_bytes())
     except (OSError, EOFError, zlib.error) as err:
         raise DatasetError(f"{gz_path}: not a valid gzip file ({err}); {_redo(gz_path)}") from err
-    shape = _idx_shape(data[: 4 + 4 * ndim], len(data), ndim, gz_path)
+    shape = _idx_shape(data[: _idx_header_size(ndim)], len(data), ndim, gz_path)
     _atomic_write_many({path: data})
     return shape
 
 
+def _idx_header_size(ndim: int) -> int:
+    """Bytes of an IDX header: the magic number, then one 4-byte size per dimension."""
+    return 4 + 4 * ndim
+
+
 def _idx_shape(head: bytes, size: int, ndim: int, path: Path) -> tuple[int, ...]:
     """Check an IDX header against the expected rank, 28x28 images and the total byte size."""
-    header_size = 4 + 4 * ndim
+    header_size = _idx_header_size(ndim)
     if len(head) < header_size:
         raise DatasetError(f"{path}: too short for an IDX header ({size} bytes); {_redo(path)}")
     magic, *shape = struct.unpack(f">{1 + ndim}I", head[:header_size])
