@@ -235,18 +235,28 @@ def test_only_the_session_that_started_a_training_can_stop_it(tmp_path):
 
 
 def test_a_stop_with_huge_settings_is_honoured_within_an_iteration(tmp_path, monkeypatch):
-    """Within the caps, 500 Langevin steps an update: the stop ends the iteration under way."""
-    blocks = []
+    """Within the caps, 500 Langevin steps an update: the stop ends the iteration under way.
+
+    The worker holds at the end of its third block of steps until Stop is pressed, so the press
+    lands mid-iteration however slowly a busy machine schedules this test's thread.
+    """
+    blocks, pressed = [], threading.Event()
     real_run_chains = training.run_chains
 
     def counting_run_chains(*args, callback, **kwargs):
-        return real_run_chains(*args, callback=lambda done: blocks.append(done) or callback(done), **kwargs)
+        def counting(done):
+            blocks.append(done)
+            if len(blocks) == 3:
+                pressed.wait(60)
+            return callback(done)
+        return real_run_chains(*args, callback=counting, **kwargs)
 
     monkeypatch.setattr(training, "run_chains", counting_run_chains)
     job = jobs.start_training(tiny(ae_epochs=0, ebm_iterations=1000, mcmc_steps=500), tmp_path,
                               data_loader=synthetic_data_loader(), owner="alice")
     assert wait_for(lambda: len(blocks) >= 3)
     job.stop(by="alice")
+    pressed.set()
     assert job.join(60)
     snap = job.snapshot()
     assert snap.state == "stopped" and snap.events[-1]["losses"] == {}  # the last event says where it stopped
