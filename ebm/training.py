@@ -211,6 +211,17 @@ def autoencoder_gradients(model: Autoencoder, batch: torch.Tensor, code_noise: t
     return summed([g for g, _ in results]), sum(bce for _, bce in results)
 
 
+AE_WARMUP = 0.1  # stage 1's one-cycle schedule: the share of its steps over which the learning rate rises
+
+
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule rising over `AE_WARMUP` of the steps, or over two where that is exactly one:
+    OneCycleLR divides by zero on a one-step rise (10 steps, e.g. `--ae-batch-size 6000 --ae-epochs 1`)."""
+    total_steps = max(total_steps, 1)
+    warmup = 2 / total_steps if AE_WARMUP * total_steps == 1 else AE_WARMUP
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=warmup)
+
+
 def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_images: torch.Tensor, cfg: TrainConfig,
                       should_stop: StopCheck = never_stop) -> Iterator[Progress]:
     """Stage 1: Adam on binary cross-entropy with noisy codes, one event every few batches;
@@ -219,7 +230,7 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
     opt = fused_adam(model.parameters(), lr=cfg.ae_lr)
     batches_per_epoch = math.ceil(len(train_images) / cfg.ae_batch_size)
     total = cfg.ae_epochs * batches_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.ae_lr, total_steps=max(total, 1), pct_start=0.1)
+    sched = one_cycle(opt, cfg.ae_lr, total)
     start, step = time.perf_counter(), 0
     report_every = max(1, batches_per_epoch // 20)
     smoothed = None  # moving average of the batch losses: no jump at epoch boundaries in the charts

@@ -492,6 +492,16 @@ def test_a_conv_autoencoder_trains_saves_and_loads_bit_identically(tmp_path):
     assert old.architecture == "mlp" and isinstance(Autoencoder(old).encoder[0], torch.nn.Linear)
 
 
+@pytest.mark.parametrize("batches", [1, 2, 9, 10, 11, 20])
+def test_stage_one_trains_for_any_number_of_steps(batches):
+    """Ten steps make torch's OneCycleLR rise over a single step and divide by zero (`--ae-batch-size 6000
+    --ae-epochs 1` on MNIST did): the schedule rises over two there, and over a tenth of the steps elsewhere."""
+    cfg = TrainConfig(**TINY_CONFIG | {"ae_epochs": 1, "ae_batch_size": 4})
+    images = (torch.rand(4 * batches, 784, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    events = list(train_autoencoder(build_model(cfg).autoencoder, images, images[:4], cfg))
+    assert events[-1].step == batches and math.isfinite(events[-1].losses["test_bce"])
+
+
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_stage_one_is_the_same_on_one_core_or_two_and_its_shards_add_up_to_the_batch(architecture):
     """Stage 1 splits each batch's gradient into AE_SHARDS shards, one per core: the trained weights are the
