@@ -36,7 +36,7 @@ from .conditioning import (
     save_latent_classifier,
     train_latent_classifier,
 )
-from .data import DatasetError, default_data_dir, load_binarized
+from .data import DEFAULT_THRESHOLD, DatasetError, default_data_dir, load_binarized
 from .energies import HIDDEN_HALVES, INPAINTING
 from .evaluation import DEFAULT_OUT_DIR, evaluate, report_markdown
 from .generate import SampleSettings, chain_frames, decode_binary, sample_chains
@@ -200,11 +200,20 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    help="p(digit | code) for --digit/--exclude (default: beside --weights, *.classes.safetensors)")
 
 
+def trained_on(meta: dict) -> str:
+    """The dataset a weights file's metadata names; files from before the field existed hold MNIST models."""
+    return meta.get("dataset", "mnist")
+
+
+def threshold_of(meta: dict) -> float:
+    """The binarization threshold a weights file's metadata names; before the field existed, 0.5."""
+    return meta.get("threshold", DEFAULT_THRESHOLD)
+
+
 def data_for(meta: dict, split: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The binarized split of the dataset a model was trained on (its metadata says which); exits on a data error."""
     try:
-        return load_binarized(meta.get("dataset", "mnist"), split, data_dir or default_data_dir(),
-                              meta.get("threshold", 0.5))
+        return load_binarized(trained_on(meta), split, data_dir or default_data_dir(), threshold_of(meta))
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -214,7 +223,7 @@ def fit_latent_classifier(model, meta: dict, data_dir: Path | None, seed: int = 
     train_x, train_y = data_for(meta, "train", data_dir)
     test_x, test_y = data_for(meta, "test", data_dir)
     classifier = train_latent_classifier(model, train_x, train_y, seed=seed)
-    return classifier, {"dataset": meta.get("dataset", "mnist"), "seed": seed,
+    return classifier, {"dataset": trained_on(meta), "seed": seed,
                         "test_accuracy": round(latent_accuracy(classifier, model, test_x, test_y), 4)}
 
 
@@ -270,7 +279,7 @@ def run_sample(args: argparse.Namespace) -> dict:
     report = {"settings": settings.as_dict(), "mean_acceptance": round(result.acceptance.mean().item(), 4),
               "written": written}
     if classes.conditional:
-        classifier, _ = load_classifier_or_exit(classifier_path(meta.get("dataset", "mnist")))
+        classifier, _ = load_classifier_or_exit(classifier_path(trained_on(meta)))
         report["classes"] = {"digits": list(classes.digits), "exclude": list(classes.exclude),
                              "class_weight": classes.class_weight, "step_size_used": round(step_size, 4),
                              **class_shares(classifier, final, classes.allowed)}
@@ -331,7 +340,7 @@ def run_evaluate(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     try:
         model, meta = load_model(args.weights)
-        dataset = meta.get("dataset", "mnist")
+        dataset = trained_on(meta)
         args.classifier = args.classifier or classifier_path(dataset)
         classifier, classifier_meta = load_classifier(args.classifier)
         if classifier_meta.get("dataset", dataset) != dataset:
@@ -374,7 +383,7 @@ def read_digit(path: Path, weights: Path):
         raise SystemExit(f"error: cannot read the image {path}: {e.strerror or type(e).__name__}") from None
     try:
         model, meta = load_model(weights)
-        return model.eval(), meta, preprocess_bytes(data, meta.get("threshold", 0.5))
+        return model.eval(), meta, preprocess_bytes(data, threshold_of(meta))
     except ImageError as e:
         raise SystemExit(f"error: {path}: {e}") from None
     except WeightsError as e:
@@ -385,8 +394,7 @@ def run_score(args: argparse.Namespace) -> dict:
     """`score`: preprocess the picture, score it among MNIST test digits (`ebm.scoring`), print JSON."""
     model, meta, image = read_digit(args.image, args.weights)
     try:
-        test_x, _ = load_binarized(meta.get("dataset", "mnist"), "test", args.data_dir or default_data_dir(),
-                                   meta.get("threshold", 0.5))
+        test_x, _ = load_binarized(trained_on(meta), "test", args.data_dir or default_data_dir(), threshold_of(meta))
     except DatasetError as e:
         raise SystemExit(f"error: {e}") from None
     reference = build_reference(model, test_x, prior_log_z(model, model.encode(test_x)))
@@ -419,7 +427,7 @@ def run_inpaint(args: argparse.Namespace) -> dict:
     model, meta, image = read_digit(args.image, args.weights)
     settings = SampleSettings(**{**INPAINTING.as_dict(), "num_chains": args.num_chains})
     view = inpaint_view(model, image, args.mask, args.seed, settings)
-    classifier, _ = load_classifier_or_exit(classifier_path(meta.get("dataset", "mnist")))
+    classifier, _ = load_classifier_or_exit(classifier_path(trained_on(meta)))
     read = classifier.predict(view.completions)[1].argmax(-1).tolist()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     written = {name: str(args.out_dir / name) for name in ("masked.png", "completions.png", "chains.gif")}
