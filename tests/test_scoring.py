@@ -119,7 +119,9 @@ def test_scores_are_reproducible_and_do_not_depend_on_the_batch():
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     alone = scoring.score_images(model, images[3:4], 1.0)
-    np.testing.assert_allclose(alone.log_p_x, first.log_p_x[3:4], atol=1e-4)
+    # the same draws, up to float32 rounding that depends on the batch's shape (7e-7 relative on a Zen 3);
+    # other draws move log p(x) by ~1e-4 relative
+    np.testing.assert_allclose(alone.log_p_x, first.log_p_x[3:4], rtol=5e-6, atol=0)
     other_seed = scoring.score_images(model, images, 1.0, seed=1)
     assert not np.array_equal(other_seed.log_p_x, first.log_p_x)
 
