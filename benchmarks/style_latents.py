@@ -36,7 +36,7 @@ from ebm.data import load_binarized  # noqa: E402
 from ebm.images import image_grid, png_bytes  # noqa: E402
 from ebm.metrics import Reference, image_metrics  # noqa: E402
 from ebm.models import _conv_decoder, _conv_encoder  # noqa: E402
-from ebm.training import TrainConfig  # noqa: E402
+from ebm.training import AE_WARMUP, TrainConfig, fused_adam, one_cycle  # noqa: E402
 
 CANDIDATES = {"none": (0, 0.0), "k8-beta1": (8, 1.0), "k8-beta3": (8, 3.0), "k8-beta5": (8, 5.0),
               "k8-beta8": (8, 8.0)}  # name: (style dims k, KL weight beta)
@@ -59,9 +59,9 @@ class StyleAutoencoder(nn.Module):
 def train(model: StyleAutoencoder, images: torch.Tensor, cfg: TrainConfig, beta: float, epochs: int) -> float:
     """`train_autoencoder`'s recipe plus beta · KL(q(s | x) || N(0, I)); returns the last epoch's mean BCE."""
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.ae_lr, fused=True)
+    opt = fused_adam(model.parameters(), lr=cfg.ae_lr)
     batches = math.ceil(len(images) / cfg.ae_batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.ae_lr, total_steps=epochs * batches, pct_start=0.1)
+    sched = one_cycle(opt, cfg.ae_lr, epochs * batches, AE_WARMUP)
     for _ in range(epochs):
         order, total_bce = torch.randperm(len(images), generator=gen), 0.0
         for b in range(batches):

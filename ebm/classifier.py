@@ -22,6 +22,7 @@ from torch import nn
 from .checkpoint import REPO_ROOT, Kind, artifact_bytes, read_artifact, write_atomically
 from .data import DATASETS, DEFAULT_THRESHOLD, DatasetError, check_dataset, default_data_dir, load_binarized
 from .models import MAX_WIDTH
+from .training import one_cycle
 from .validation import Settings, setting
 
 CLASSIFIER = Kind("mnist-ebm-classifier/1", "a classifier weights file",
@@ -119,7 +120,7 @@ def fit_classes(net: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, epoc
     gen = torch.Generator().manual_seed(seed)
     batches = math.ceil(len(inputs) / batch_size)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * batches, pct_start=pct_start)
+    sched = one_cycle(opt, lr, epochs * batches, pct_start)
     for epoch in range(1, epochs + 1):
         net.train()
         order = torch.randperm(len(inputs), generator=gen)

@@ -214,11 +214,13 @@ def autoencoder_gradients(model: Autoencoder, batch: torch.Tensor, code_noise: t
 AE_WARMUP = 0.1  # stage 1's one-cycle schedule: the share of its steps over which the learning rate rises
 
 
-def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
-    """torch's one-cycle schedule rising over `AE_WARMUP` of the steps, or over two where that is exactly one:
-    OneCycleLR divides by zero on a one-step rise (10 steps, e.g. `--ae-batch-size 6000 --ae-epochs 1`)."""
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, total_steps: int,
+              warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
+    """torch's one-cycle schedule rising over a `warmup` share of the steps, or over two where that share is
+    exactly one step: OneCycleLR divides by zero on a one-step rise (stage 1 at 10 steps, e.g. `--ae-batch-size
+    6000 --ae-epochs 1`; the image classifier, rising over a fifth, at 5)."""
     total_steps = max(total_steps, 1)
-    warmup = 2 / total_steps if AE_WARMUP * total_steps == 1 else AE_WARMUP
+    warmup = 2 / total_steps if warmup * total_steps == 1 else warmup
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, pct_start=warmup)
 
 
@@ -230,7 +232,7 @@ def train_autoencoder(model: Autoencoder, train_images: torch.Tensor, test_image
     opt = fused_adam(model.parameters(), lr=cfg.ae_lr)
     batches_per_epoch = math.ceil(len(train_images) / cfg.ae_batch_size)
     total = cfg.ae_epochs * batches_per_epoch
-    sched = one_cycle(opt, cfg.ae_lr, total)
+    sched = one_cycle(opt, cfg.ae_lr, total, AE_WARMUP)
     start, step = time.perf_counter(), 0
     report_every = max(1, batches_per_epoch // 20)
     smoothed = None  # moving average of the batch losses: no jump at epoch boundaries in the charts

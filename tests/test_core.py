@@ -502,6 +502,18 @@ def test_stage_one_trains_for_any_number_of_steps(batches):
     assert events[-1].step == batches and math.isfinite(events[-1].losses["test_bce"])
 
 
+def test_the_image_classifier_trains_when_its_rise_would_be_one_step():
+    """The image classifier rises over a fifth of its steps: at 5 steps (`train-classifier --epochs 1
+    --batch-size 12000` on MNIST) that is one, where OneCycleLR divides by zero; `one_cycle` makes it two."""
+    from ebm.classifier import fit_classes
+
+    inputs = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    labels, losses = (inputs[:, 0] > 0).long(), []
+    fit_classes(torch.nn.Linear(4, 2), inputs, labels, epochs=1, batch_size=4, lr=1e-2, seed=0, pct_start=0.2,
+                log=lambda epoch, loss: losses.append(loss))
+    assert len(losses) == 1 and math.isfinite(losses[0])
+
+
 @pytest.mark.parametrize("architecture", ["mlp", "conv"])
 def test_stage_one_is_the_same_on_one_core_or_two_and_its_shards_add_up_to_the_batch(architecture):
     """Stage 1 splits each batch's gradient into AE_SHARDS shards, one per core: the trained weights are the
